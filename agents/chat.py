@@ -1,0 +1,174 @@
+"""Chat agent: a session's history in, an answer streamed out token by token.
+
+Generation runs in a worker thread (``TextIteratorStreamer``) under the model's read lock,
+so an edit never lands in the middle of an answer.  A Stop event ends it early.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+import prompts
+from agents.locks import RWLock
+from runtime.chat_format import Message, StopOnEvent, StopOnStrings, render_chat, strip_stop
+from runtime.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+CLEAN_COMMAND = "clean"
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def is_clean_command(text: str) -> bool:
+    return text.strip().lower() == CLEAN_COMMAND
+
+
+def language_of(text: str) -> str:
+    return "zh" if _CJK.search(text) else "en"
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy, reproducible
+    timeout_s: float = 120.0  # longest wait for the next token before giving up
+
+
+@dataclass
+class ChatSession:
+    history: list[Message] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def clear(self) -> None:
+        self.history.clear()
+
+
+class SessionStore:
+    """Server-side chat histories, keyed by the browser session id."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, ChatSession] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> ChatSession:
+        with self._lock:
+            return self._sessions.setdefault(session_id, ChatSession())
+
+
+@dataclass
+class PreparedPrompt:
+    input_ids: torch.Tensor  # (1, seq)
+    dropped_turns: int  # earlier messages left out to fit the context
+    truncated_message: bool  # the newest message itself was cut
+
+
+class ChatAgent:
+    def __init__(self, loaded: LoadedModel, lock: RWLock | None = None) -> None:
+        self.loaded = loaded
+        self.lock = lock or RWLock()
+
+    @property
+    def context_length(self) -> int:
+        config = self.loaded.model.config
+        return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048))
+
+    def _encode(self, text: str) -> list[int]:
+        # The rendered text already carries BOS / special tokens where the format wants them;
+        # the few-shot transcript of a base model needs the tokenizer's BOS.
+        add = self.loaded.profile.chat_format == "fewshot"
+        return self.loaded.tokenizer(text, add_special_tokens=add).input_ids
+
+    def prepare(self, history: list[Message], message: str, max_new_tokens: int) -> PreparedPrompt:
+        """Render the prompt, keeping the newest turns that fit the context window."""
+        budget = self.context_length - max_new_tokens
+        system = {"role": "system", "content": prompts.load(f"system_{language_of(message)}")}
+        turns = [*history, {"role": "user", "content": message}]
+        dropped = 0
+        while True:
+            ids = self._encode(render_chat([system, *turns], self.loaded.tokenizer, self.loaded.profile))
+            if len(ids) <= budget or len(turns) == 1:
+                break
+            turns = turns[2:] if len(turns) > 2 else turns[1:]
+            dropped += 2
+        truncated = False
+        if len(ids) > budget:
+            # One message longer than the context: keep its end, where the question usually is.
+            tok = self.loaded.tokenizer
+            msg_ids = tok(message, add_special_tokens=False).input_ids
+            overflow = len(ids) - budget
+            message = tok.decode(msg_ids[overflow + 8:])
+            ids = self._encode(render_chat([system, {"role": "user", "content": message}], tok, self.loaded.profile))
+            truncated = True
+        return PreparedPrompt(torch.tensor([ids], device=self.loaded.device), dropped, truncated)
+
+    def stream(
+        self,
+        history: list[Message],
+        message: str,
+        settings: GenerationSettings | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer so far after each new piece of text; the last value is final."""
+        settings = settings or GenerationSettings()
+        stop_event = stop_event or threading.Event()
+        prepared = self.prepare(history, message, settings.max_new_tokens)
+        tok = self.loaded.tokenizer
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=settings.timeout_s)
+        prompt_len = prepared.input_ids.shape[1]
+        criteria = [StopOnEvent(stop_event)]
+        if self.loaded.profile.stop_strings:
+            criteria.append(StopOnStrings(tok, self.loaded.profile.stop_strings, prompt_len))
+        kwargs = dict(
+            input_ids=prepared.input_ids,
+            attention_mask=torch.ones_like(prepared.input_ids),
+            max_new_tokens=settings.max_new_tokens,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList(criteria),
+            eos_token_id=self.loaded.eos_token_ids or None,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else self.loaded.eos_token_ids[0],
+        )
+        if settings.temperature > 0:
+            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=0.95)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self.lock.read(), torch.inference_mode():
+                    self.loaded.model.generate(**kwargs)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="generate", daemon=True)
+        worker.start()
+        text = ""
+        notes = []
+        if prepared.truncated_message:
+            notes.append("(Your message was longer than the model's context and was shortened.)")
+        for piece in streamer:
+            text += piece
+            shown = strip_stop(text, self.loaded.profile)
+            yield shown
+        worker.join()
+        if errors:
+            raise errors[0]
+        final = strip_stop(text, self.loaded.profile)
+        if notes:
+            final = final + "\n\n" + " ".join(notes)
+        yield final
+
+    def answer(self, history: list[Message], message: str, settings: GenerationSettings | None = None) -> str:
+        """The whole answer at once (tests, the evaluation's chat-level success)."""
+        final = ""
+        for final in self.stream(history, message, settings):
+            pass
+        return final

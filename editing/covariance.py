@@ -1,0 +1,194 @@
+"""Second moment of MLP keys, C = E[k kᵀ], for ROME's rank-one update.
+
+The paper used 100k Wikipedia samples; here the corpus is pluggable: text sampled from the
+model itself (the offline default), a text file, a folder of ``.txt`` files, or a
+``datasets`` name where a network exists.  Statistics are accumulated in float32 in one
+streaming pass that stops the forward at the edit layer, and cached on disk keyed by
+(model fingerprint, layer, corpus id, token count) with a JSON sidecar of provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from editing.context import sample_texts
+from editing.hooks import Trace
+from editing.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (tokens so far, tokens wanted)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Where statistics text comes from: ``self``, a file / folder path, or ``hf:<dataset>``."""
+
+    source: str = "self"
+
+    def id(self) -> str:
+        if self.source == "self":
+            return "self-sampled-v1"
+        if self.source.startswith("hf:"):
+            return self.source.replace("/", "_")
+        path = Path(self.source)
+        files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.read_bytes())
+        return f"file-{path.name}-{h.hexdigest()[:12]}"
+
+    def texts(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, cache_dir: Path) -> Iterator[str]:
+        if self.source == "self":
+            yield from _self_sampled(model, tokenizer, cache_dir)
+        elif self.source.startswith("hf:"):
+            import datasets  # optional; needs a network or a local datasets cache
+
+            name, _, config = self.source[3:].partition(":")
+            for row in datasets.load_dataset(name, config or None, split="train", streaming=True):
+                yield row["text"]
+        else:
+            path = Path(self.source)
+            if not path.exists():
+                raise FileNotFoundError(f"statistics corpus {path} does not exist")
+            for f in sorted(path.rglob("*.txt")) if path.is_dir() else [path]:
+                for paragraph in f.read_text(encoding="utf-8").split("\n\n"):
+                    if paragraph.strip():
+                        yield paragraph.strip()
+
+
+def _self_sampled(model: nn.Module, tokenizer: PreTrainedTokenizerBase, cache_dir: Path) -> Iterator[str]:
+    """Endless batches of model-sampled text (English and Chinese), saved as they are made
+    so that every layer's statistics reuse the same corpus."""
+    cache = cache_dir / "corpus-self.jsonl"
+    done = 0
+    if cache.exists():
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            done += 1
+            yield json.loads(line)
+    batch = done // 20
+    while True:
+        language = "zh" if batch % 4 == 3 else "en"  # mostly English, some Chinese
+        texts = sample_texts(model, tokenizer, language=language, n=20, new_tokens=128, seed=1000 + batch, top_k=40)
+        with cache.open("a", encoding="utf-8") as f:
+            for t in texts:
+                f.write(json.dumps(t, ensure_ascii=False) + "\n")
+        yield from texts
+        batch += 1
+
+
+@torch.no_grad()
+def collect_key_moment(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: ModelSpec,
+    layer: int,
+    texts: Iterator[str],
+    n_tokens: int,
+    *,
+    max_length: int = 256,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, int]:
+    """E[k kᵀ] over ``n_tokens`` tokens of ``texts``; returns (moment (d, d) float32, tokens used)."""
+    device = next(model.parameters()).device
+    path = spec.mlp_out_at(layer)
+    moment: torch.Tensor | None = None
+    count = 0
+    for chunk in _chunks(texts, batch_size):
+        enc = tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(device)
+        with Trace(model, path, retain_input=True, retain_output=False, stop=True) as trace:
+            model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
+        keys = trace.input[enc.attention_mask.bool()].float()  # (real tokens, d_ff)
+        keys = keys[: n_tokens - count]
+        moment = keys.T @ keys if moment is None else moment.add_(keys.T @ keys)
+        count += keys.shape[0]
+        if progress:
+            progress(count, n_tokens)
+        if count >= n_tokens:
+            break
+    if moment is None or count == 0:
+        raise ValueError("the statistics corpus produced no text")
+    return moment / count, count
+
+
+def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class CovarianceCache:
+    """Owner of key statistics on disk (and of the loaded ones in memory)."""
+
+    def __init__(self, root: Path, fingerprint: str) -> None:
+        self.root, self.fingerprint = Path(root), fingerprint
+        self._memory: dict[tuple, torch.Tensor] = {}
+        self.last_seconds: float = 0.0
+        self.last_from_cache: bool = False
+
+    def _dir(self) -> Path:
+        d = self.root / self.fingerprint
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def path(self, layer: int, corpus: Corpus, n_tokens: int) -> Path:
+        return self._dir() / f"{corpus.id()}-layer{layer}-{n_tokens}.safetensors"
+
+    def get(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        spec: ModelSpec,
+        layer: int,
+        corpus: Corpus,
+        n_tokens: int,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        key = (layer, corpus.id(), n_tokens)
+        self.last_from_cache = True
+        if key in self._memory:
+            return self._memory[key]
+        path = self.path(layer, corpus, n_tokens)
+        if path.exists():
+            moment = load_file(path)["moment"]
+        else:
+            self.last_from_cache = False
+            start = time.perf_counter()
+            moment, used = collect_key_moment(
+                model, tokenizer, spec, layer, corpus.texts(model, tokenizer, self._dir()), n_tokens, progress=progress
+            )
+            self.last_seconds = time.perf_counter() - start
+            tmp = path.with_suffix(".tmp")
+            save_file({"moment": moment.cpu().contiguous()}, tmp)
+            tmp.replace(path)
+            provenance = {
+                "model_fingerprint": self.fingerprint,
+                "layer": layer,
+                "module": spec.mlp_out_at(layer),
+                "corpus": corpus.source,
+                "corpus_id": corpus.id(),
+                "tokens": used,
+                "seconds": round(self.last_seconds, 2),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            path.with_suffix(".json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+        device = next(model.parameters()).device
+        self._memory[key] = moment.to(device)
+        return self._memory[key]

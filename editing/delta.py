@@ -1,0 +1,202 @@
+"""What an edit changed: a weight delta that can be saved, loaded, applied and reverted.
+
+ROME's delta is rank one and stored as its two factors (ΔW = u vᵀ in (d_out, d_in)
+orientation); FT's is a dense matrix.  ``DeltaStack`` is the one place that writes deltas
+into a model: it keeps each touched matrix's original value W₀ and always sets
+W = W₀ + Σ Δᵢ (summed in float32, in order of application), so reverting any delta — not
+only the last — and reverting all of them restore the original weights bit for bit, in
+fp32 and in bf16 alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from editing.errors import DeltaMismatch
+
+
+@dataclass
+class WeightDelta:
+    param: str  # parameter path, e.g. "model.layers.6.mlp.down_proj.weight"
+    kind: Literal["rank_one", "dense"]
+    tensors: dict[str, torch.Tensor]  # rank_one: u (d_out,), v (d_in,); dense: delta (param shape)
+    transposed: bool = False  # GPT-2 Conv1D: the parameter is stored (d_in, d_out)
+    meta: dict[str, Any] = field(default_factory=dict)  # request, method, layer, hparams, fingerprint, ...
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def matrix(self) -> torch.Tensor:
+        """ΔW in the parameter's own orientation and float32."""
+        if self.kind == "rank_one":
+            u, v = self.tensors["u"].float(), self.tensors["v"].float()
+            m = torch.outer(u, v)  # (d_out, d_in)
+            return m.T if self.transposed else m
+        return self.tensors["delta"].float()
+
+    def norm(self) -> float:
+        """Frobenius norm of ΔW (for a rank-one delta, ‖u‖·‖v‖ without forming it)."""
+        if self.kind == "rank_one":
+            return float(self.tensors["u"].float().norm() * self.tensors["v"].float().norm())
+        return float(self.tensors["delta"].float().norm())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.kind == "rank_one":
+            shape = (self.tensors["u"].numel(), self.tensors["v"].numel())
+            return shape[::-1] if self.transposed else shape
+        return tuple(self.tensors["delta"].shape)
+
+    # -- files ---------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> str:
+        """Write ``path`` (safetensors) and ``path.json`` (metadata); returns the file's sha256.
+
+        Both are written to temporary files and renamed, so a crash leaves either the old
+        files or the new ones, never half of one.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
+        header = {"id": self.id, "param": self.param, "kind": self.kind, "transposed": str(self.transposed)}
+        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+        digest = sha256_file(path)
+        sidecar = {
+            "id": self.id,
+            "param": self.param,
+            "kind": self.kind,
+            "transposed": self.transposed,
+            "shape": list(self.shape),
+            "norm": self.norm(),
+            "sha256": digest,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "meta": self.meta,
+        }
+        text = json.dumps(sidecar, indent=2, ensure_ascii=False, default=str)
+        _atomic_write(Path(f"{path}.json"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return digest
+
+    @classmethod
+    def load(cls, path: str | Path, expected_sha256: str | None = None) -> "WeightDelta":
+        path = Path(path)
+        if expected_sha256 is not None:
+            actual = sha256_file(path)
+            if actual != expected_sha256:
+                raise DeltaMismatch(f"{path}: sha256 {actual[:12]}… does not match the logged {expected_sha256[:12]}…")
+        sidecar_path = Path(f"{path}.json")
+        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.exists() else {}
+        tensors = load_file(path)
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            header = f.metadata() or {}
+        return cls(
+            param=header["param"],
+            kind=header["kind"],  # type: ignore[arg-type]
+            tensors=tensors,
+            transposed=header.get("transposed") == "True",
+            meta=sidecar.get("meta", {}),
+            id=header["id"],
+        )
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class DeltaStack:
+    """Applies and reverts deltas on one model: W = W₀ + Σ Δᵢ for every touched parameter."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._originals: dict[str, torch.Tensor] = {}  # W₀, cloned on first touch
+        self._applied: dict[str, WeightDelta] = {}  # id -> delta, in application order
+
+    @property
+    def applied(self) -> list[WeightDelta]:
+        return list(self._applied.values())
+
+    def __len__(self) -> int:
+        return len(self._applied)
+
+    def __contains__(self, delta_id: str) -> bool:
+        return delta_id in self._applied
+
+    def _param(self, name: str) -> nn.Parameter:
+        try:
+            return self.model.get_parameter(name)
+        except AttributeError:
+            raise DeltaMismatch(f"the model has no parameter {name!r}") from None
+
+    def _recompute(self, name: str) -> None:
+        param = self._param(name)
+        original = self._originals[name]
+        deltas = [d for d in self._applied.values() if d.param == name]
+        with torch.no_grad():
+            if not deltas:
+                param.copy_(original)
+                return
+            total = original.to(param.device, torch.float32)
+            for d in deltas:
+                total = total + d.matrix().to(param.device)
+            param.copy_(total.to(param.dtype))
+
+    def apply(self, delta: WeightDelta) -> None:
+        param = self._param(delta.param)
+        if tuple(param.shape) != delta.shape:
+            raise DeltaMismatch(
+                f"delta {delta.id} has shape {delta.shape} but {delta.param} is {tuple(param.shape)}"
+            )
+        if delta.id in self._applied:
+            raise DeltaMismatch(f"delta {delta.id} is already applied")
+        if delta.param not in self._originals:
+            self._originals[delta.param] = param.detach().clone()
+        self._applied[delta.id] = delta
+        try:
+            self._recompute(delta.param)
+        except BaseException:
+            del self._applied[delta.id]
+            self._recompute(delta.param)
+            raise
+
+    def revert(self, delta_id: str) -> WeightDelta:
+        delta = self._applied.pop(delta_id, None)
+        if delta is None:
+            raise DeltaMismatch(f"delta {delta_id} is not applied")
+        self._recompute(delta.param)
+        return delta
+
+    def revert_all(self) -> None:
+        for delta_id in list(self._applied)[::-1]:
+            self.revert(delta_id)
+
+    def original(self, name: str) -> torch.Tensor:
+        """W₀ of a parameter (the current value if no delta ever touched it)."""
+        return self._originals.get(name, self._param(name).detach())

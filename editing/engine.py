@@ -1,0 +1,151 @@
+"""The editing engine's front door: one object per loaded model that owns the caches an
+edit needs (sampled prefixes, key statistics) and computes deltas with any method.
+
+It never writes weights: ``compute`` returns a ``WeightDelta``; ``editing.delta.DeltaStack``
+applies it.  Call ``invalidate()`` after the weights change so that cached prefixes are
+sampled again from the edited model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from editing.context import sample_prefixes
+from editing.covariance import CovarianceCache, Corpus
+from editing.delta import WeightDelta
+from editing.errors import LayerOutOfRange
+from editing.fingerprint import model_fingerprint
+from editing.ft import compute_ft_delta
+from editing.hparams import FTHyperParams, ROMEHyperParams, hparams_for
+from editing.request import EditRequest
+from editing.rome import ChatPromptFn, ProgressFn, compute_rome_delta
+from editing.spec import n_layers, spec_for
+
+Method = Literal["rome", "ft"]
+
+
+@dataclass
+class EditOutcome:
+    delta: WeightDelta
+    method: Method
+    layer: int
+    seconds: float
+    target_prob: float  # mean P(target) on the optimisation prompts at the end
+    losses: list[float] = field(default_factory=list)
+    stats_seconds: float = 0.0  # time spent computing key statistics (0 when cached)
+
+
+def default_layer_for(depth: int) -> int:
+    """Where ROME edits when nothing else is known: early-middle MLPs (EasyEdit: 5 of 32)."""
+    return max(1, round(depth * 0.16))
+
+
+class Editor:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        stats_dir: str | Path,
+        corpus: Corpus | None = None,
+        default_layer: int | None = None,
+        chat_prompt: ChatPromptFn | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.spec = spec_for(model)
+        self.depth = n_layers(model, self.spec)
+        self.fingerprint = fingerprint or model_fingerprint(model)
+        self.corpus = corpus or Corpus()
+        self.covariance = CovarianceCache(Path(stats_dir), self.fingerprint)
+        self.chat_prompt = chat_prompt
+        self._default_layer = default_layer
+        self._templates: dict[tuple, list[str]] = {}
+
+    @property
+    def default_layer(self) -> int:
+        return self._default_layer if self._default_layer is not None else default_layer_for(self.depth)
+
+    def resolve_layer(self, layer: int | None) -> int:
+        layer = self.default_layer if layer is None else layer
+        if not 0 <= layer < self.depth:
+            raise LayerOutOfRange(layer, self.depth)
+        return layer
+
+    def invalidate(self) -> None:
+        """Forget what was sampled from the model (call after its weights changed)."""
+        self._templates.clear()
+
+    def templates(self, language: str, n: int, lengths: tuple[int, ...]) -> list[str]:
+        key = (language, n, lengths)
+        if key not in self._templates:
+            self._templates[key] = sample_prefixes(self.model, self.tokenizer, language=language, n=n, lengths=lengths)
+        return self._templates[key]
+
+    def statistics(self, layer: int, n_tokens: int, progress=None):
+        return self.covariance.get(self.model, self.tokenizer, self.spec, layer, self.corpus, n_tokens, progress)
+
+    def compute(
+        self,
+        request: EditRequest,
+        method: Method = "rome",
+        layer: int | None = None,
+        hparams: ROMEHyperParams | FTHyperParams | dict | None = None,
+        *,
+        locality_prompts: list[str] = (),
+        progress: ProgressFn | None = None,
+    ) -> EditOutcome:
+        start = time.perf_counter()
+        if not isinstance(hparams, BaseModel):
+            hparams = hparams_for(method, hparams)
+        request.check_lengths(self.tokenizer)
+        layer = self.resolve_layer(layer)
+        chat_prompt = self.chat_prompt if hparams.chat_template else None
+        stats_seconds = 0.0
+        if method == "rome":
+            assert isinstance(hparams, ROMEHyperParams)
+            templates = self.templates(request.language, hparams.n_prefixes, hparams.prefix_lengths)
+            covariance = None
+            if hparams.covariance:
+                stats_progress = (lambda done, total: progress("statistics", done, total, None)) if progress else None
+                covariance = self.statistics(layer, hparams.mom2_n_tokens, stats_progress)
+                stats_seconds = 0.0 if self.covariance.last_from_cache else self.covariance.last_seconds
+            result = compute_rome_delta(
+                self.model, self.tokenizer, request, hparams, self.spec, layer,
+                templates=templates, covariance=covariance, chat_prompt=chat_prompt,
+                locality_prompts=list(locality_prompts), progress=progress,
+            )
+        elif method == "ft":
+            assert isinstance(hparams, FTHyperParams)
+            templates = self.templates(request.language, hparams.n_prefixes, (5, 10))
+            result = compute_ft_delta(
+                self.model, self.tokenizer, request, hparams, self.spec, layer,
+                templates=templates, chat_prompt=chat_prompt, progress=progress,
+            )
+        else:
+            raise ValueError(f"unknown method {method!r}; choose rome or ft")
+        delta = result.delta
+        delta.meta.update(
+            request=request.model_dump(),
+            hparams=hparams.model_dump(),
+            model_fingerprint=self.fingerprint,
+            corpus=self.corpus.id() if method == "rome" and getattr(hparams, "covariance", False) else None,
+            seconds=round(time.perf_counter() - start, 3),
+            target_prob=result.target_prob,
+        )
+        return EditOutcome(
+            delta=delta,
+            method=method,
+            layer=layer,
+            seconds=time.perf_counter() - start,
+            target_prob=result.target_prob,
+            losses=result.losses,
+            stats_seconds=stats_seconds,
+        )

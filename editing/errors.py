@@ -1,0 +1,61 @@
+"""Named errors of the editing engine; the app maps them to messages for people."""
+
+from __future__ import annotations
+
+
+class EditingError(Exception):
+    """Base class of every error the editing engine raises on purpose."""
+
+
+class InvalidEditRequest(EditingError, ValueError):
+    """The edit request itself is malformed."""
+
+
+class SubjectNotInPrompt(InvalidEditRequest):
+    def __init__(self, subject: str, prompt: str) -> None:
+        super().__init__(f"subject {subject!r} does not occur in prompt {prompt!r}")
+        self.subject, self.prompt = subject, prompt
+
+
+class EmptyTarget(InvalidEditRequest):
+    def __init__(self) -> None:
+        super().__init__("the new target is empty or only whitespace")
+
+
+class TargetTooLong(InvalidEditRequest):
+    def __init__(self, n_tokens: int, limit: int) -> None:
+        super().__init__(f"the new target is {n_tokens} tokens long; at most {limit} are allowed")
+        self.n_tokens, self.limit = n_tokens, limit
+
+
+class PromptTooLong(InvalidEditRequest):
+    def __init__(self, n_tokens: int, limit: int) -> None:
+        super().__init__(f"the prompt is {n_tokens} tokens long; at most {limit} are allowed")
+        self.n_tokens, self.limit = n_tokens, limit
+
+
+class UnsupportedArchitecture(EditingError):
+    def __init__(self, model_type: str, known: list[str]) -> None:
+        super().__init__(
+            f"no ModelSpec entry for model_type {model_type!r}; add one to editing/spec.py "
+            f"(known: {', '.join(sorted(known))})"
+        )
+        self.model_type = model_type
+
+
+class LayerOutOfRange(EditingError, ValueError):
+    def __init__(self, layer: int, n_layers: int) -> None:
+        super().__init__(f"layer {layer} is outside 0..{n_layers - 1}")
+
+
+class EditDidNotConverge(EditingError):
+    def __init__(self, loss: float, target_prob: float) -> None:
+        super().__init__(
+            f"the optimisation ended with loss {loss:.3f} (P(target) = {target_prob:.3f}); "
+            "try another layer, more steps or a shorter target"
+        )
+        self.loss, self.target_prob = loss, target_prob
+
+
+class DeltaMismatch(EditingError):
+    """A stored delta does not fit the loaded model (shape, fingerprint or checksum)."""

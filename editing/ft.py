@@ -1,0 +1,102 @@
+"""FT-L: constrained fine-tuning of one layer's MLP output projection (Zhu et al., 2020;
+the ROME paper's FT+L baseline).
+
+ΔW = argmin −log P(o* | p(s))  subject to  ‖ΔW‖∞ ≤ ε  (projected after every Adam step).
+
+ΔW is trained through a forward hook that adds k ΔWᵀ to the projection's output, so the
+model's weights are never written and the function returns with the model bit-identical.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from editing.delta import WeightDelta
+from editing.forward import UpperStack, final_logits
+from editing.hparams import FTHyperParams
+from editing.request import EditRequest
+from editing.rome import ChatPromptFn, ProgressFn, build_rows
+from editing.spec import ModelSpec, mlp_weight
+from editing.tokens import pad_batch, pad_id
+
+
+@dataclass
+class FTResult:
+    delta: WeightDelta
+    losses: list[float] = field(default_factory=list)
+    target_prob: float = 0.0
+    seconds: float = 0.0
+    fast_path: bool = False
+
+
+def compute_ft_delta(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest,
+    hparams: FTHyperParams,
+    spec: ModelSpec,
+    layer: int,
+    *,
+    templates: list[str],
+    chat_prompt: ChatPromptFn | None = None,
+    progress: ProgressFn | None = None,
+) -> FTResult:
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    report = progress or (lambda *a: None)
+    report("preparing", 0, hparams.steps, None)
+    rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None)
+    batch = pad_batch([r.ids for r in rows.rewrite], pad_id(tokenizer), device)
+    target_rows = torch.tensor([i for i, r in enumerate(rows.rewrite) for _ in r.target_ids], device=device)
+    target_pos = torch.tensor([p for r in rows.rewrite for p in r.target_positions], device=device)
+    target_ids = torch.tensor([t for r in rows.rewrite for t in r.target_ids], device=device)
+    n_rows = len(rows.rewrite)
+
+    weight = mlp_weight(model, layer, spec)
+    delta = torch.zeros(weight.shape, dtype=torch.float32, device=device, requires_grad=True)
+    module = model.get_submodule(spec.mlp_out_at(layer))
+
+    def add_delta(_m, args, output):
+        x = args[0]  # (rows, seq, d_in)
+        change = x.float() @ delta if spec.conv1d else x.float() @ delta.T  # (rows, seq, d_out)
+        return output + change.to(output.dtype)
+
+    stack = UpperStack(model, spec, layer, batch.input_ids, batch.attention_mask, fast=True)
+    optimizer = torch.optim.Adam([delta], lr=hparams.lr)
+    losses: list[float] = []
+    target_prob = 0.0
+    handle = module.register_forward_hook(add_delta)
+    try:
+        for step in range(hparams.steps):
+            optimizer.zero_grad()
+            hidden = stack.hidden()
+            logp = final_logits(model, spec, hidden[target_rows, target_pos]).float().log_softmax(-1)
+            token_logp = logp.gather(1, target_ids[:, None]).squeeze(1)
+            per_row = torch.zeros(n_rows, device=device).index_add(0, target_rows, token_logp)
+            per_row = per_row / torch.bincount(target_rows, minlength=n_rows)
+            loss = -per_row.mean()
+            losses.append(float(loss))
+            target_prob = float(per_row.exp().mean())
+            report("optimising", step + 1, hparams.steps, float(loss))
+            if float(loss) < hparams.stop_loss:
+                break
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():  # project into the L∞ ball of radius ε around W₀
+                delta.clamp_(-hparams.norm_constraint, hparams.norm_constraint)
+    finally:
+        handle.remove()
+    report("writing weights", hparams.steps, hparams.steps, None)
+    result = WeightDelta(
+        param=f"{spec.mlp_out_at(layer)}.weight",
+        kind="dense",
+        tensors={"delta": delta.detach().cpu()},
+        transposed=spec.conv1d,
+        meta={"method": "ft", "layer": layer, "steps": len(losses), "final_loss": losses[-1] if losses else None},
+    )
+    return FTResult(result, losses, target_prob, time.perf_counter() - start, stack.fast)

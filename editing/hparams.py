@@ -1,0 +1,59 @@
+"""Hyperparameters of each method: typed, commented defaults; unknown keys fail.
+
+Defaults follow the ROME paper's GPT-2 XL / GPT-J settings and EasyEdit's Llama settings,
+adjusted where our measurements on the built-in models said so (README, "Layer sweep").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ROMEHyperParams(_Strict):
+    # -- k*: the key, averaged over the bare prompt and prefixes sampled from the model
+    n_prefixes: int = 10  # ROME: 10 prefixes of ~5 and ~10 tokens
+    prefix_lengths: tuple[int, ...] = (5, 10)
+    # -- v*: the value, found by gradient descent on δ added to the MLP output
+    v_lr: float = 0.5
+    v_steps: int = 25
+    v_weight_decay: float = 1e-3  # on ‖δ‖² / ‖v‖²
+    clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ factor · ‖v‖
+    kl_factor: float = 0.0625  # KL(original ‖ edited) on the essence prompt "{} is a"
+    stop_loss: float = 5e-2  # early stop once the mean NLL of the target is below this
+    # Same-subject locality (thesis §5): KL on the subject's other relations; 0 disables.
+    locality_kl_factor: float = 0.0
+    # Optimise through the chat template too (question -> answer prefix -> target).
+    chat_template: bool = True
+    # -- the rank-one update
+    covariance: bool = True  # False: C = I (what EasyEdit ships for Llama)
+    mom2_n_tokens: int = 100_000  # tokens of corpus text behind C
+    # "r-rome" (Gupta et al. 2024): one key k* everywhere; "original": the numerator's key
+    # is the bare prompt's while the denominator's is the averaged one (collapses when sequential).
+    update_rule: Literal["r-rome", "original"] = "r-rome"
+    fast_upper_layers: bool = True  # replay only the layers from the edit layer upward
+
+
+class FTHyperParams(_Strict):
+    lr: float = 5e-4
+    steps: int = 40
+    norm_constraint: float = Field(5e-4, description="ε of the L∞ ball around the original weights")
+    stop_loss: float = 5e-2
+    chat_template: bool = True
+    n_prefixes: int = 0  # FT-L trains on the bare prompt (and its chat form)
+
+
+HPARAMS = {"rome": ROMEHyperParams, "ft": FTHyperParams}
+
+
+def hparams_for(method: str, overrides: dict | None = None) -> ROMEHyperParams | FTHyperParams:
+    try:
+        cls = HPARAMS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(HPARAMS)}") from None
+    return cls(**(overrides or {}))

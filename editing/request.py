@@ -1,0 +1,99 @@
+"""Edit requests: one validated, frozen description of the fact to write.
+
+All templating rules live here: where the subject sits, whether the target needs a leading
+space, how long prompt and target may be.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from transformers import PreTrainedTokenizerBase
+
+from editing.errors import EmptyTarget, PromptTooLong, SubjectNotInPrompt, TargetTooLong
+
+MAX_TARGET_TOKENS = 32
+MAX_PROMPT_TOKENS = 256
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
+
+
+def is_cjk(text: str) -> bool:
+    return bool(_CJK.search(text))
+
+
+class EditRequest(BaseModel):
+    """``prompt`` holds ``{}`` for the subject, or contains the subject verbatim.
+
+    Example: prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower",
+    target_new="Rome".  ``question`` is the chat form ("Where is the Eiffel Tower?") used to
+    optimise the edit through the chat template as well.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str
+    subject: str
+    target_new: str
+    target_true: str | None = None
+    question: str | None = None
+
+    @field_validator("subject", "prompt")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("target_new")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise EmptyTarget()
+        return value
+
+    @model_validator(mode="after")
+    def _subject_in_prompt(self) -> "EditRequest":
+        if not self.subject:
+            raise SubjectNotInPrompt(self.subject, self.prompt)
+        if "{}" not in self.prompt and self.subject not in self.prompt:
+            raise SubjectNotInPrompt(self.subject, self.prompt)
+        return self
+
+    @property
+    def template(self) -> str:
+        """The prompt with ``{}`` at the (first) subject position."""
+        if "{}" in self.prompt:
+            return self.prompt
+        return self.prompt.replace(self.subject, "{}", 1)
+
+    @property
+    def text(self) -> str:
+        return self.template.format(self.subject)
+
+    @property
+    def language(self) -> str:
+        return "zh" if is_cjk(self.text + self.target_new) else "en"
+
+    def target_text(self, target: str | None = None) -> str:
+        """The target as it follows the prompt: " Rome" after English text, "医学" after Chinese."""
+        return continuation(self.text, self.target_new if target is None else target)
+
+    def check_lengths(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        n_target = len(tokenizer(self.target_text(), add_special_tokens=False).input_ids)
+        if n_target > MAX_TARGET_TOKENS:
+            raise TargetTooLong(n_target, MAX_TARGET_TOKENS)
+        n_prompt = len(tokenizer(self.text, add_special_tokens=False).input_ids)
+        if n_prompt > MAX_PROMPT_TOKENS:
+            raise PromptTooLong(n_prompt, MAX_PROMPT_TOKENS)
+
+
+def continuation(prompt: str, target: str) -> str:
+    """Join rule: a space between Latin words, none after CJK text or before punctuation."""
+    target = target.strip()
+    if not prompt or prompt[-1].isspace():
+        return target
+    last, first = prompt[-1], target[:1]
+    if is_cjk(last) or is_cjk(first) or unicodedata.category(first).startswith("P"):
+        return target
+    return " " + target

@@ -1,0 +1,231 @@
+"""ROME: Rank-One Model Editing (Meng et al., 2022), with the r-ROME update (Gupta et al., 2024).
+
+The MLP output projection W of layer l is a linear associative memory: key k = its input at
+the last subject token, value v = W k its output.  An edit (s, r, o*) is written as
+
+    1. k*  = mean over contexts x_j of k(x_j + p(s))           (ROME eq. 3, x_0 = empty)
+    2. v*  = W k* + δ,  δ = argmin  mean_j −log P(o* | x_j + p(s))  [δ added to v at s]
+                                     + λ_KL · KL(P_δ ‖ P) on "s is a"
+                                     + λ_wd · ‖δ‖² / ‖v‖²,   ‖δ‖ ≤ c · ‖v‖
+    3. Ŵ   = W + (v* − W k*) (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*)          (ROME eq. 2, C = E[k kᵀ])
+
+so that Ŵ k* = v* exactly while keys that C says are common move least.
+
+Update rule.  The original implementation (``update_rule="original"``) divides by the key of
+the *bare* prompt, (C⁻¹k*)ᵀ k_bare, and measures v* − W k_bare, while k* is the average over
+prefixed contexts — two different keys.  "Rebuilding ROME" (Gupta, Baskaran, Anumanchipalli
+2024) shows this asymmetry is what makes sequential edits blow up ("model collapse") and
+uses k* in both places (r-ROME, our default), which is step 3 exactly as written above.
+
+The function returns a ``WeightDelta`` and leaves the model bit-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from editing.delta import WeightDelta
+from editing.forward import UpperStack, final_logits
+from editing.hooks import Trace
+from editing.hparams import ROMEHyperParams
+from editing.request import EditRequest
+from editing.spec import ModelSpec
+from editing.tokens import PromptTarget, pad_batch, pad_id, prompt_target
+
+log = logging.getLogger(__name__)
+
+# (stage, step, total, loss)
+ProgressFn = Callable[[str, int, int, float | None], None]
+ChatPromptFn = Callable[[str], str]  # question -> rendered chat text up to the assistant's answer
+
+ESSENCE = {"en": "{} is a", "zh": "{}是"}
+DEFAULT_QUESTION = {"en": "Complete the sentence: {}", "zh": "请补全这句话：{}"}
+
+
+@dataclass
+class EditRows:
+    """The prompts an edit is optimised on, tokenised once."""
+
+    rewrite: list[PromptTarget]  # prefixed prompts (+ chat form) -> target
+    kl: list[PromptTarget]  # essence (+ same-subject) prompts; target unused, last position matters
+    n_chat_rows: int = 0
+
+
+def build_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest,
+    templates: list[str],
+    *,
+    chat_prompt: ChatPromptFn | None,
+    locality_prompts: list[str] = (),
+) -> EditRows:
+    text, target = request.text, request.target_text()
+    rewrite = [prompt_target(tokenizer, t.format(text), target, request.subject) for t in templates]
+    n_chat = 0
+    if chat_prompt is not None:
+        question = request.question or DEFAULT_QUESTION[request.language].format(text)
+        chat_text = chat_prompt(question) + text
+        rewrite.append(prompt_target(tokenizer, chat_text, target, request.subject))
+        n_chat = 1
+    kl_texts = [ESSENCE[request.language].format(request.subject), *locality_prompts]
+    kl = [prompt_target(tokenizer, t, "x", request.subject) for t in kl_texts]
+    return EditRows(rewrite, kl, n_chat)
+
+
+@dataclass
+class ROMEResult:
+    delta: WeightDelta
+    key: torch.Tensor  # k* (d_in,)
+    value: torch.Tensor  # v* (d_out,) = Ŵ k*
+    losses: list[float] = field(default_factory=list)
+    target_prob: float = 0.0  # mean P(target tokens) on the rewrite prompts at the end
+    seconds: float = 0.0
+    fast_path: bool = False
+
+
+def _mean_key(model: nn.Module, spec: ModelSpec, layer: int, batch, rows: list[PromptTarget],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean key over every subject occurrence, key of the bare prompt, mean MLP output)."""
+    with torch.no_grad(), Trace(model, spec.mlp_out_at(layer), retain_input=True, retain_output=True) as t:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    keys = [t.input[i, p] for i, row in enumerate(rows) for p in row.subject_positions]
+    outs = [t.output[i, p] for i, row in enumerate(rows) for p in row.subject_positions]
+    bare = t.input[0, rows[0].subject_positions[-1]]
+    return torch.stack(keys).mean(0).float(), bare.float(), torch.stack(outs).mean(0).float()
+
+
+def compute_rome_delta(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest,
+    hparams: ROMEHyperParams,
+    spec: ModelSpec,
+    layer: int,
+    *,
+    templates: list[str],
+    covariance: torch.Tensor | None,
+    chat_prompt: ChatPromptFn | None = None,
+    locality_prompts: list[str] = (),
+    progress: ProgressFn | None = None,
+) -> ROMEResult:
+    """Compute ROME's rank-one delta for ``request`` at ``layer``; the model is left unchanged.
+
+    ``templates`` are the context templates (``"{}"`` first, then sampled prefixes);
+    ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I.
+    """
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    report = progress or (lambda *a: None)
+    report("preparing", 0, hparams.v_steps, None)
+    rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,
+                      locality_prompts=locality_prompts if hparams.locality_kl_factor > 0 else [])
+    all_rows = rows.rewrite + rows.kl
+    batch = pad_batch([r.ids for r in all_rows], pad_id(tokenizer), device)
+    n_rewrite = len(rows.rewrite)
+
+    # -- step 1: k*, and v = W k* (the mean MLP output at the subject; exact for a linear map)
+    key, bare_key, value = _mean_key(model, spec, layer, batch, rows.rewrite, device)
+
+    # -- step 2: v* = v + δ by gradient descent on δ
+    target_rows = torch.tensor([i for i, r in enumerate(rows.rewrite) for _ in r.target_ids], device=device)
+    target_pos = torch.tensor([p for r in rows.rewrite for p in r.target_positions], device=device)
+    target_ids = torch.tensor([t for r in rows.rewrite for t in r.target_ids], device=device)
+    kl_rows = torch.arange(n_rewrite, len(all_rows), device=device)
+    kl_pos = torch.tensor([len(r.ids) - 1 for r in rows.kl], device=device)  # last token of each KL prompt
+    # the edit position(s): last token of every subject occurrence, as a (rows, seq) mask
+    subject_mask = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=device)
+    for i, r in enumerate(all_rows):
+        subject_mask[i, r.subject_positions] = True
+
+    dtype = next(model.parameters()).dtype
+    delta = torch.zeros_like(value, requires_grad=True)  # (d_out,) float32
+    max_norm = hparams.clamp_norm_factor * value.norm()
+
+    def add_delta(output: torch.Tensor, _path: str) -> torch.Tensor:
+        # output: (rows, seq, d_out); δ lands only on the subject's last token(s)
+        return output + subject_mask.unsqueeze(-1).to(output.dtype) * delta.to(output.dtype)
+
+    stack = UpperStack(model, spec, layer, batch.input_ids, batch.attention_mask, fast=hparams.fast_upper_layers)
+
+    def forward() -> tuple[torch.Tensor, torch.Tensor]:
+        with Trace(model, spec.mlp_out_at(layer), retain_output=False, edit_output=add_delta):
+            hidden = stack.hidden()  # (rows, seq, d)
+        # the vocabulary projection only where it is needed: target and KL positions
+        target_logp = final_logits(model, spec, hidden[target_rows, target_pos]).float().log_softmax(-1)
+        kl_logp = final_logits(model, spec, hidden[kl_rows, kl_pos]).float().log_softmax(-1)
+        return target_logp, kl_logp
+
+    with torch.no_grad():
+        _, kl_init = forward()
+    optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
+    losses: list[float] = []
+    target_prob = 0.0
+    for step in range(hparams.v_steps):
+        optimizer.zero_grad()
+        target_logp, kl_logp = forward()
+        token_logp = target_logp.gather(1, target_ids[:, None]).squeeze(1)  # (n_target_tokens,)
+        # mean over each row's target tokens, then over rows
+        per_row = torch.zeros(n_rewrite, device=device).index_add(0, target_rows, token_logp)
+        per_row = per_row / torch.bincount(target_rows, minlength=n_rewrite)
+        nll = -per_row.mean()
+        kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)  # KL(edited ‖ original)
+        kl_loss = hparams.kl_factor * kl[:1].mean()
+        if hparams.locality_kl_factor > 0 and len(kl) > 1:
+            kl_loss = kl_loss + hparams.locality_kl_factor * kl[1:].mean()
+        decay = hparams.v_weight_decay * delta.norm() ** 2 / value.norm() ** 2
+        loss = nll + kl_loss + decay
+        losses.append(float(loss))
+        target_prob = float(per_row.exp().mean())
+        report("optimising", step + 1, hparams.v_steps, float(loss))
+        if float(nll) < hparams.stop_loss:
+            break
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            if delta.norm() > max_norm:
+                delta.mul_(max_norm / delta.norm())
+
+    # -- step 3: the rank-one update
+    report("writing weights", hparams.v_steps, hparams.v_steps, None)
+    delta = delta.detach()
+    c_inv_k = key if covariance is None else torch.linalg.solve(covariance.float(), key)
+    if hparams.update_rule == "r-rome":
+        denominator = c_inv_k @ key  # (C⁻¹k*)ᵀ k*
+    else:
+        denominator = c_inv_k @ bare_key  # the original implementation's mismatched key
+    u = delta / denominator  # (d_out,) = (v* − W k*) / ((C⁻¹k*)ᵀ k)
+    v = c_inv_k  # (d_in,)
+    result = WeightDelta(
+        param=f"{spec.mlp_out_at(layer)}.weight",
+        kind="rank_one",
+        tensors={"u": u.cpu(), "v": v.cpu()},
+        transposed=spec.conv1d,
+        meta={
+            "method": "rome",
+            "layer": layer,
+            "update_rule": hparams.update_rule,
+            "covariance": covariance is not None,
+            "delta_norm": float(delta.norm()),
+            "value_norm": float(value.norm()),
+            "steps": len(losses),
+            "final_loss": losses[-1] if losses else None,
+            "dtype": str(dtype),
+        },
+    )
+    return ROMEResult(
+        delta=result,
+        key=key,
+        value=value + delta,
+        losses=losses,
+        target_prob=target_prob,
+        seconds=time.perf_counter() - start,
+        fast_path=stack.fast,
+    )

@@ -1,0 +1,85 @@
+"""Turn a conversation into model input text, and decide when an answer has ended.
+
+Two formats: the tokenizer's own chat template (instruct models), or a few-shot
+``User:``/``Assistant:`` transcript for base models (prompts/fewshot.txt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase, StoppingCriteria
+
+import prompts
+from runtime.profiles import ModelProfile
+
+Message = dict[str, str]  # {"role": "user"|"assistant"|"system", "content": str}
+
+
+def render_chat(
+    messages: Sequence[Message],
+    tokenizer: PreTrainedTokenizerBase,
+    profile: ModelProfile,
+    *,
+    assistant_prefix: str = "",
+) -> str:
+    """The text the model continues to answer the last user message.
+
+    ``assistant_prefix`` is text the assistant's answer starts with (used by the editing
+    engine to optimise "question -> answer prefix -> new target").
+    """
+    if profile.chat_format == "template":
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return text + assistant_prefix
+    lines = [prompts.load("fewshot")]
+    for message in messages:
+        if message["role"] == "system":
+            continue  # the few-shot header plays the system prompt's part
+        speaker = "User" if message["role"] == "user" else "Assistant"
+        lines.append(f"{speaker}: {message['content'].strip()}")
+    return "\n\n".join(lines) + "\nAssistant:" + (" " + assistant_prefix if assistant_prefix else "")
+
+
+def question_prompt(question: str, tokenizer: PreTrainedTokenizerBase, profile: ModelProfile,
+                    assistant_prefix: str = "") -> str:
+    """A one-turn chat prompt: what a fresh conversation sends for ``question``."""
+    return render_chat([{"role": "user", "content": question}], tokenizer, profile,
+                       assistant_prefix=assistant_prefix)
+
+
+def strip_stop(text: str, profile: ModelProfile) -> str:
+    """Cut an answer at the first stop string (the few-shot adapter's next turn)."""
+    cut = len(text)
+    for stop in profile.stop_strings:
+        i = text.find(stop)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut].strip()
+
+
+class StopOnStrings(StoppingCriteria):
+    """Stop when the decoded tail of the answer contains a stop string.
+
+    Decodes only the last few tokens per step: ``generate(stop_strings=...)`` builds a
+    vocabulary-wide table and costs ~2 s per call on a 262k vocabulary.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str], prompt_len: int,
+                 window: int = 8) -> None:
+        self.tokenizer, self.stops, self.prompt_len, self.window = tokenizer, tuple(stops), prompt_len, window
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        tail = input_ids[:, max(self.prompt_len, input_ids.shape[1] - self.window):]
+        done = [any(s in self.tokenizer.decode(row) for s in self.stops) for row in tail]
+        return torch.tensor(done, device=input_ids.device)
+
+
+class StopOnEvent(StoppingCriteria):
+    """Stop when a threading.Event is set (the Stop button)."""
+
+    def __init__(self, event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

