@@ -32,27 +32,27 @@ def sample_texts(
     """``n`` continuations of ``new_tokens`` tokens from seed words of ``language``."""
     words = SEED_WORDS[language]
     device = next(model.parameters()).device
-    per_word = -(-n // len(words))
-    texts: list[str] = []
+    starts = [words[i % len(words)] for i in range(n)]
+    rows = [encode(tokenizer, w) for w in starts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # left padding: every row's continuation starts at the same position
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for word in words:
-            if len(texts) >= n:
-                break
-            count = min(per_word, n - len(texts))
-            ids = torch.tensor([encode(tokenizer, word)] * count, device=device)
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                top_k=top_k,
-                top_p=None,
-                temperature=1.0,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                pad_token_id=tokenizer.eos_token_id,
-            )
-            texts += tokenizer.batch_decode(out, skip_special_tokens=True)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            top_k=top_k,
+            top_p=None,
+            temperature=1.0,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=pad,
+        )
+    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
     return texts
 
 

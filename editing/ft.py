@@ -17,12 +17,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
-from editing.forward import UpperStack, final_logits
+from editing.objective import Objective
 from editing.hparams import FTHyperParams
 from editing.request import EditRequest
 from editing.rome import ChatPromptFn, ProgressFn, build_rows
 from editing.spec import ModelSpec, mlp_weight
-from editing.tokens import pad_batch, pad_id
 
 
 @dataclass
@@ -51,11 +50,7 @@ def compute_ft_delta(
     report = progress or (lambda *a: None)
     report("preparing", 0, hparams.steps, None)
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None)
-    batch = pad_batch([r.ids for r in rows.rewrite], pad_id(tokenizer), device)
-    target_rows = torch.tensor([i for i, r in enumerate(rows.rewrite) for _ in r.target_ids], device=device)
-    target_pos = torch.tensor([p for r in rows.rewrite for p in r.target_positions], device=device)
-    target_ids = torch.tensor([t for r in rows.rewrite for t in r.target_ids], device=device)
-    n_rows = len(rows.rewrite)
+    objective = Objective(model, tokenizer, spec, layer, rows.rewrite, fast=True)
 
     weight = mlp_weight(model, layer, spec)
     delta = torch.zeros(weight.shape, dtype=torch.float32, device=device, requires_grad=True)
@@ -66,7 +61,6 @@ def compute_ft_delta(
         change = x.float() @ delta if spec.conv1d else x.float() @ delta.T  # (rows, seq, d_out)
         return output + change.to(output.dtype)
 
-    stack = UpperStack(model, spec, layer, batch.input_ids, batch.attention_mask, fast=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.lr)
     losses: list[float] = []
     target_prob = 0.0
@@ -74,15 +68,11 @@ def compute_ft_delta(
     try:
         for step in range(hparams.steps):
             optimizer.zero_grad()
-            hidden = stack.hidden()
-            logp = final_logits(model, spec, hidden[target_rows, target_pos]).float().log_softmax(-1)
-            token_logp = logp.gather(1, target_ids[:, None]).squeeze(1)
-            per_row = torch.zeros(n_rows, device=device).index_add(0, target_rows, token_logp)
-            per_row = per_row / torch.bincount(target_rows, minlength=n_rows)
+            per_row, _ = objective()  # (n_rows,) mean log P(target) per row
             loss = -per_row.mean()
-            losses.append(float(loss))
-            target_prob = float(per_row.exp().mean())
-            report("optimising", step + 1, hparams.steps, float(loss))
+            losses.append(loss.item())
+            target_prob = per_row.detach().exp().mean().item()
+            report("optimising", step + 1, hparams.steps, losses[-1])
             if float(loss) < hparams.stop_loss:
                 break
             loss.backward()
@@ -99,4 +89,4 @@ def compute_ft_delta(
         transposed=spec.conv1d,
         meta={"method": "ft", "layer": layer, "steps": len(losses), "final_loss": losses[-1] if losses else None},
     )
-    return FTResult(result, losses, target_prob, time.perf_counter() - start, stack.fast)
+    return FTResult(result, losses, target_prob, time.perf_counter() - start, objective.fast)

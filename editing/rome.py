@@ -33,12 +33,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
-from editing.forward import UpperStack, final_logits
+from editing.objective import Objective
 from editing.hooks import Trace
 from editing.hparams import ROMEHyperParams
 from editing.request import EditRequest
 from editing.spec import ModelSpec
-from editing.tokens import PromptTarget, pad_batch, pad_id, prompt_target
+from editing.tokens import PromptTarget, prompt_target
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +91,6 @@ class ROMEResult:
     fast_path: bool = False
 
 
-def _mean_key(model: nn.Module, spec: ModelSpec, layer: int, batch, rows: list[PromptTarget],
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean key over every subject occurrence, key of the bare prompt, mean MLP output)."""
-    with torch.no_grad(), Trace(model, spec.mlp_out_at(layer), retain_input=True, retain_output=True) as t:
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    keys = [t.input[i, p] for i, row in enumerate(rows) for p in row.subject_positions]
-    outs = [t.output[i, p] for i, row in enumerate(rows) for p in row.subject_positions]
-    bare = t.input[0, rows[0].subject_positions[-1]]
-    return torch.stack(keys).mean(0).float(), bare.float(), torch.stack(outs).mean(0).float()
-
-
 def compute_rome_delta(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -127,41 +116,24 @@ def compute_rome_delta(
     report("preparing", 0, hparams.v_steps, None)
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,
                       locality_prompts=locality_prompts if hparams.locality_kl_factor > 0 else [])
-    all_rows = rows.rewrite + rows.kl
-    batch = pad_batch([r.ids for r in all_rows], pad_id(tokenizer), device)
-    n_rewrite = len(rows.rewrite)
+    objective = Objective(model, tokenizer, spec, layer, rows.rewrite, rows.kl, fast=hparams.fast_upper_layers)
 
     # -- step 1: k*, and v = W k* (the mean MLP output at the subject; exact for a linear map)
-    key, bare_key, value = _mean_key(model, spec, layer, batch, rows.rewrite, device)
+    key, bare_key, value = objective.subject_keys(spec.mlp_out_at(layer))
 
     # -- step 2: v* = v + δ by gradient descent on δ
-    target_rows = torch.tensor([i for i, r in enumerate(rows.rewrite) for _ in r.target_ids], device=device)
-    target_pos = torch.tensor([p for r in rows.rewrite for p in r.target_positions], device=device)
-    target_ids = torch.tensor([t for r in rows.rewrite for t in r.target_ids], device=device)
-    kl_rows = torch.arange(n_rewrite, len(all_rows), device=device)
-    kl_pos = torch.tensor([len(r.ids) - 1 for r in rows.kl], device=device)  # last token of each KL prompt
-    # the edit position(s): last token of every subject occurrence, as a (rows, seq) mask
-    subject_mask = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=device)
-    for i, r in enumerate(all_rows):
-        subject_mask[i, r.subject_positions] = True
-
     dtype = next(model.parameters()).dtype
     delta = torch.zeros_like(value, requires_grad=True)  # (d_out,) float32
     max_norm = hparams.clamp_norm_factor * value.norm()
 
     def add_delta(output: torch.Tensor, _path: str) -> torch.Tensor:
         # output: (rows, seq, d_out); δ lands only on the subject's last token(s)
-        return output + subject_mask.unsqueeze(-1).to(output.dtype) * delta.to(output.dtype)
-
-    stack = UpperStack(model, spec, layer, batch.input_ids, batch.attention_mask, fast=hparams.fast_upper_layers)
+        mask = objective.subject_mask.unsqueeze(-1).to(output.dtype)
+        return output + mask * delta.to(output.dtype)
 
     def forward() -> tuple[torch.Tensor, torch.Tensor]:
         with Trace(model, spec.mlp_out_at(layer), retain_output=False, edit_output=add_delta):
-            hidden = stack.hidden()  # (rows, seq, d)
-        # the vocabulary projection only where it is needed: target and KL positions
-        target_logp = final_logits(model, spec, hidden[target_rows, target_pos]).float().log_softmax(-1)
-        kl_logp = final_logits(model, spec, hidden[kl_rows, kl_pos]).float().log_softmax(-1)
-        return target_logp, kl_logp
+            return objective()
 
     with torch.no_grad():
         _, kl_init = forward()
@@ -170,11 +142,7 @@ def compute_rome_delta(
     target_prob = 0.0
     for step in range(hparams.v_steps):
         optimizer.zero_grad()
-        target_logp, kl_logp = forward()
-        token_logp = target_logp.gather(1, target_ids[:, None]).squeeze(1)  # (n_target_tokens,)
-        # mean over each row's target tokens, then over rows
-        per_row = torch.zeros(n_rewrite, device=device).index_add(0, target_rows, token_logp)
-        per_row = per_row / torch.bincount(target_rows, minlength=n_rewrite)
+        per_row, kl_logp = forward()  # (n_rewrite,) mean log P(target) per row; (n_kl, vocab)
         nll = -per_row.mean()
         kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)  # KL(edited ‖ original)
         kl_loss = hparams.kl_factor * kl[:1].mean()
@@ -182,10 +150,10 @@ def compute_rome_delta(
             kl_loss = kl_loss + hparams.locality_kl_factor * kl[1:].mean()
         decay = hparams.v_weight_decay * delta.norm() ** 2 / value.norm() ** 2
         loss = nll + kl_loss + decay
-        losses.append(float(loss))
-        target_prob = float(per_row.exp().mean())
-        report("optimising", step + 1, hparams.v_steps, float(loss))
-        if float(nll) < hparams.stop_loss:
+        losses.append(loss.item())
+        target_prob = per_row.detach().exp().mean().item()
+        report("optimising", step + 1, hparams.v_steps, losses[-1])
+        if nll.item() < hparams.stop_loss:
             break
         loss.backward()
         optimizer.step()
@@ -227,5 +195,5 @@ def compute_rome_delta(
         losses=losses,
         target_prob=target_prob,
         seconds=time.perf_counter() - start,
-        fast_path=stack.fast,
+        fast_path=objective.fast,
     )

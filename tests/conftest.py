@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random models for mechanics, the built-in models for behaviour.
+
+The built-in models are converted once into ``$AMEND_HOME`` (default ~/.cache/amend) and
+reused across runs; everything a test writes goes to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+from runtime import load_model  # noqa: E402
+
+TINY = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256),
+    "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=256),
+}
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return load_model("smollm2", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    return load_model("gemma3-270m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2):
+    return smollm2.tokenizer
+
+
+def make_tiny(arch: str, vocab_size: int, seed: int = 0):
+    config = AutoConfig.for_model(arch, vocab_size=vocab_size, **TINY[arch])
+    if arch == "gpt2":
+        config.bos_token_id = config.eos_token_id = 0
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(params=list(TINY))
+def tiny(request, tokenizer):
+    return make_tiny(request.param, len(tokenizer))

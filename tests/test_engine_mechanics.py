@@ -1,0 +1,167 @@
+"""Mechanics of the editing engine on tiny random llama, qwen2 and gpt2 models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editing.delta import DeltaStack, WeightDelta
+from editing.engine import Editor
+from editing.errors import LayerOutOfRange, UnsupportedArchitecture
+from editing.hooks import Trace, TraceDict
+from editing.request import EditRequest
+from editing.hparams import ROMEHyperParams
+from editing.rome import compute_rome_delta
+from editing.spec import spec_for
+
+REQUEST = EditRequest(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome")
+FAST = {"covariance": False, "n_prefixes": 2, "v_steps": 4, "chat_template": False}
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model, saved) -> bool:
+    return all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def editor(model, tokenizer, tmp_path) -> Editor:
+    return Editor(model, tokenizer, stats_dir=tmp_path / "stats", default_layer=1)
+
+
+def test_rank_one_identity_and_model_untouched(tiny, tokenizer, tmp_path):
+    """Ŵ k* = v* for the r-ROME update, and computing leaves the model bit-identical."""
+    spec = spec_for(tiny)
+    templates = editor(tiny, tokenizer, tmp_path).templates("en", 2, (5, 10))
+    before = state(tiny)
+    res = compute_rome_delta(tiny, tokenizer, REQUEST, ROMEHyperParams(**FAST), spec, 1,
+                             templates=templates, covariance=None)
+    assert same_state(tiny, before), "compute_rome_delta must leave the model bit-identical"
+    assert res.delta.kind == "rank_one" and res.delta.norm() > 0
+    DeltaStack(tiny).apply(res.delta)
+    module = tiny.get_submodule(spec.mlp_out_at(1))
+    with torch.no_grad():
+        torch.testing.assert_close(module(res.key[None])[0], res.value, rtol=1e-4, atol=1e-4)
+
+
+def test_rank_one_identity_with_covariance(tokenizer, tmp_path):
+    from conftest import make_tiny
+
+    model = make_tiny("llama", len(tokenizer))
+    ed = editor(model, tokenizer, tmp_path)
+    spec = spec_for(model)
+    texts = iter(["The quick brown fox jumps over the lazy dog. " * 4] * 100)
+    from editing.covariance import collect_key_moment
+
+    moment, used = collect_key_moment(model, tokenizer, spec, 1, texts, 2000)
+    assert used == 2000 and moment.shape == (64, 64)
+    moment = moment + 1e-3 * torch.eye(64)
+    res = compute_rome_delta(model, tokenizer, REQUEST, ROMEHyperParams(**FAST), spec, 1,
+                             templates=ed.templates("en", 2, (5, 10)), covariance=moment)
+    module = model.get_submodule(spec.mlp_out_at(1))
+    DeltaStack(model).apply(res.delta)
+    with torch.no_grad():
+        torch.testing.assert_close(module(res.key[None])[0], res.value, rtol=1e-4, atol=1e-4)
+
+
+def test_original_update_rule_maps_bare_key(tokenizer, tmp_path):
+    from conftest import make_tiny
+
+    model = make_tiny("llama", len(tokenizer))
+    spec = spec_for(model)
+    ed = editor(model, tokenizer, tmp_path)
+    templates = ed.templates("en", 2, (5, 10))
+    r = compute_rome_delta(model, tokenizer, REQUEST, ROMEHyperParams(**FAST), spec, 1,
+                           templates=templates, covariance=None)
+    o = compute_rome_delta(model, tokenizer, REQUEST, ROMEHyperParams(**FAST, update_rule="original"), spec, 1,
+                           templates=templates, covariance=None)
+    # same direction (C⁻¹k*), different scale: the two rules differ only in the denominator's key
+    cos = torch.nn.functional.cosine_similarity(r.delta.tensors["v"], o.delta.tensors["v"], dim=0)
+    assert cos > 0.9999
+    assert not torch.allclose(r.delta.tensors["u"], o.delta.tensors["u"])
+
+
+def test_apply_revert_exact_and_middle_revert(tiny, tokenizer, tmp_path):
+    ed = editor(tiny, tokenizer, tmp_path)
+    before = state(tiny)
+    deltas = []
+    for target in ("Rome", "Berlin", "Madrid"):
+        req = REQUEST.model_copy(update={"target_new": target})
+        deltas.append(ed.compute(req, "rome", 1, FAST).delta)
+    stack = DeltaStack(tiny)
+    for d in deltas:
+        stack.apply(d)
+    assert not same_state(tiny, before)
+    stack.revert(deltas[1].id)
+    param = tiny.get_parameter(deltas[0].param)
+    expected = (before[deltas[0].param].float() + deltas[0].matrix() + deltas[2].matrix()).to(param.dtype)
+    assert torch.equal(param, expected), "reverting the middle delta leaves exactly the other two"
+    stack.revert_all()
+    assert same_state(tiny, before), "apply then revert restores the weights bit for bit"
+
+
+def test_bf16_revert_is_exact(tokenizer, tmp_path):
+    from conftest import make_tiny
+
+    model = make_tiny("llama", len(tokenizer)).to(torch.bfloat16)
+    before = state(model)
+    delta = WeightDelta(param="model.layers.1.mlp.down_proj.weight", kind="rank_one",
+                        tensors={"u": torch.randn(32), "v": torch.randn(64)})
+    stack = DeltaStack(model)
+    stack.apply(delta)
+    stack.revert(delta.id)
+    assert same_state(model, before)
+
+
+def test_ft_delta_respects_linf_ball(tiny, tokenizer, tmp_path):
+    before = state(tiny)
+    outcome = editor(tiny, tokenizer, tmp_path).compute(
+        REQUEST, "ft", 1, {"steps": 5, "norm_constraint": 1e-3, "chat_template": False, "lr": 1e-2})
+    assert same_state(tiny, before)
+    assert outcome.delta.kind == "dense"
+    assert outcome.delta.tensors["delta"].abs().max() <= 1e-3 + 1e-9
+    assert outcome.losses[-1] < outcome.losses[0]
+
+
+def test_delta_save_load_roundtrip(tiny, tokenizer, tmp_path):
+    outcome = editor(tiny, tokenizer, tmp_path).compute(REQUEST, "rome", 1, FAST)
+    path = tmp_path / "d.safetensors"
+    digest = outcome.delta.save(path)
+    loaded = WeightDelta.load(path, expected_sha256=digest)
+    assert loaded.id == outcome.delta.id and loaded.param == outcome.delta.param
+    assert torch.equal(loaded.matrix(), outcome.delta.matrix())
+    assert loaded.meta["request"]["target_new"] == "Rome"
+    path.write_bytes(path.read_bytes()[:-4] + b"xxxx")
+    from editing.errors import DeltaMismatch
+
+    with pytest.raises(DeltaMismatch):
+        WeightDelta.load(path, expected_sha256=digest)
+
+
+def test_hooks_removed_after_exception(tiny):
+    spec = spec_for(tiny)
+    module = tiny.get_submodule(spec.mlp_out_at(0))
+    with pytest.raises(RuntimeError):
+        with TraceDict(tiny, [spec.mlp_out_at(0), spec.mlp_out_at(1)]):
+            raise RuntimeError("boom")
+    assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_trace_stop_and_tuple_outputs(tiny):
+    spec = spec_for(tiny)
+    x = torch.tensor([[1, 2, 3, 4]])
+    with Trace(tiny, spec.layer(1), stop=True) as t:  # decoder blocks may return tuples
+        tiny(input_ids=x)
+    assert t.output.shape == (1, 4, 32)
+    with Trace(tiny, spec.layer(1), edit_output=lambda out, _p: out * 0):
+        zeroed = tiny(input_ids=x).logits
+    assert not torch.allclose(zeroed, tiny(input_ids=x).logits)
+
+
+def test_layer_out_of_range_and_unknown_architecture(tiny, tokenizer, tmp_path):
+    with pytest.raises(LayerOutOfRange):
+        editor(tiny, tokenizer, tmp_path).compute(REQUEST, "rome", 99, FAST)
+    tiny.config.model_type = "mystery"
+    with pytest.raises(UnsupportedArchitecture, match="mystery"):
+        spec_for(tiny)
