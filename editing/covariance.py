@@ -77,10 +77,11 @@ def _self_sampled(model: nn.Module, tokenizer: PreTrainedTokenizerBase, cache_di
         for line in cache.read_text(encoding="utf-8").splitlines():
             done += 1
             yield json.loads(line)
-    batch = done // 20
+    batch = done // 64
     while True:
         language = "zh" if batch % 4 == 3 else "en"  # mostly English, some Chinese
-        texts = sample_texts(model, tokenizer, language=language, n=20, new_tokens=128, seed=1000 + batch, top_k=40)
+        # wide, short batches: sampling on a CPU is bound by per-step overhead, not FLOPs
+        texts = sample_texts(model, tokenizer, language=language, n=64, new_tokens=64, seed=1000 + batch, top_k=40)
         with cache.open("a", encoding="utf-8") as f:
             for t in texts:
                 f.write(json.dumps(t, ensure_ascii=False) + "\n")

@@ -192,3 +192,21 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in profile.extra_eos_tokens if t in vocab)
     return sorted(ids)
+
+
+def save_checkpoint(loaded: LoadedModel, out: Path, manifest: dict) -> Path:
+    """Write the (edited) model as a folder loadable with ``--model PATH``; atomic via rename."""
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        (tmp / "amend_checkpoint.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

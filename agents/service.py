@@ -1,0 +1,287 @@
+"""The one place where a confirmed correction becomes a weight change.
+
+``EditService.apply`` is the single mutating step: a pending proposal (held server-side,
+addressed by a one-time id) + the edit password -> a logged, applied, reversible delta.
+The log row is written ``pending`` before the weights change and ``applied`` after; on any
+failure the weights are restored and the row marked ``failed``, so the model and the log
+never disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from agents.chat import ChatAgent, GenerationSettings
+from agents.locks import RWLock
+from agents.proposal import EditProposal
+from editing.delta import DeltaStack, WeightDelta
+from editing.engine import Editor
+from editing.errors import DeltaMismatch, EditingError
+from editing.probe import greedy_completion, target_logprobs
+from editing.request import EditRequest
+from runtime.loader import LoadedModel, save_checkpoint
+from storage.db import EditLog
+from storage.passwords import PasswordStore
+from storage.records import CheckpointRecord, EditRecord
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int, float | None], None]
+PROPOSAL_TTL_S = 3600
+
+UNRELATED_PROBES = {
+    "en": ["The capital of Japan is", "The author of Hamlet is", "Water is made of hydrogen and"],
+    "zh": ["日本的首都是", "《哈姆雷特》的作者是", "水是由氢和"],
+}
+
+
+class EditServiceError(Exception):
+    """An edit could not be done; the message is meant for the person."""
+
+
+class UnknownProposal(EditServiceError):
+    def __init__(self) -> None:
+        super().__init__("This proposal is unknown, expired or already used; make the correction again.")
+
+
+@dataclass
+class Pending:
+    id: str
+    session: str
+    proposal: EditProposal
+    created: float = field(default_factory=time.time)
+
+
+class Probe(BaseModel):
+    target_prob: float
+    old_prob: float | None = None
+    completion: str
+    chat_answer: str
+    unrelated: dict[str, str]
+
+
+class EditReport(BaseModel):
+    edit: EditRecord
+    before: Probe
+    after: Probe
+    seconds: float
+    layer: int
+    method: str
+
+
+class EditService:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        editor: Editor,
+        log_db: EditLog,
+        passwords: PasswordStore,
+        deltas_dir: Path,
+        *,
+        lock: RWLock | None = None,
+        chat: ChatAgent | None = None,
+        default_method: Literal["rome", "ft"] = "rome",
+        hparams: dict[str, dict] | None = None,
+    ) -> None:
+        self.loaded, self.editor, self.log, self.passwords = loaded, editor, log_db, passwords
+        self.deltas_dir = Path(deltas_dir)
+        self.lock = lock or RWLock()
+        self.chat = chat or ChatAgent(loaded, self.lock)
+        self.stack = DeltaStack(loaded.model)
+        self.default_method = default_method
+        self.hparams = hparams or {}
+        self._pending: dict[str, Pending] = {}
+        self._edit_mutex = threading.Lock()  # one edit computed at a time; chat keeps running
+
+    # -- proposals ------------------------------------------------------------------------
+
+    def register(self, session: str, proposal: EditProposal) -> str:
+        """Keep a proposal server-side; the client only ever holds its one-time id."""
+        now = time.time()
+        for pid in [p for p, v in self._pending.items() if now - v.created > PROPOSAL_TTL_S]:
+            self._pending.pop(pid, None)
+        pid = secrets.token_urlsafe(12)
+        self._pending[pid] = Pending(pid, session, proposal)
+        return pid
+
+    def pending(self, session: str, pid: str) -> EditProposal:
+        item = self._pending.get(pid)
+        if item is None or item.session != session:
+            raise UnknownProposal()
+        return item.proposal
+
+    def cancel(self, session: str, pid: str) -> None:
+        self.pending(session, pid)
+        self._pending.pop(pid, None)
+
+    # -- probing --------------------------------------------------------------------------
+
+    def probe(self, request: EditRequest, target_old: str | None) -> Probe:
+        model, tok = self.loaded.model, self.loaded.tokenizer
+        with self.lock.read():
+            targets = [request.target_new] + ([target_old] if target_old else [])
+            scores = target_logprobs(model, tok, [request.text] * len(targets), targets)
+            completion = greedy_completion(model, tok, request.text, 8).strip()
+            unrelated = {p: greedy_completion(model, tok, p, 5).strip() for p in UNRELATED_PROBES[request.language]}
+        question = request.question or request.text
+        chat_answer = self.chat.answer([], question, GenerationSettings(max_new_tokens=48))
+        return Probe(
+            target_prob=scores[0][1],
+            old_prob=scores[1][1] if target_old else None,
+            completion=completion,
+            chat_answer=chat_answer,
+            unrelated=unrelated,
+        )
+
+    # -- the mutating step ------------------------------------------------------------------
+
+    def apply(
+        self,
+        session: str,
+        pid: str,
+        password: str,
+        *,
+        overrides: dict[str, Any] | None = None,
+        method: str | None = None,
+        layer: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> EditReport:
+        proposal = self.pending(session, pid)
+        self.passwords.check(password, session, "apply_edit")  # raises; nothing changes
+        fields = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
+        allowed = {"subject", "prompt", "target_new", "target_old", "question"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise EditServiceError(f"cannot override {', '.join(sorted(unknown))}")
+        try:
+            proposal = proposal.model_copy(update=fields)
+            proposal = EditProposal.model_validate(proposal.model_dump())
+            request = EditRequest(prompt=proposal.prompt, subject=proposal.subject, target_new=proposal.target_new,
+                                  target_true=proposal.target_old, question=proposal.question)
+            request.check_lengths(self.loaded.tokenizer)
+        except (ValidationError, EditingError, ValueError) as exc:
+            raise EditServiceError(f"The edit is not valid: {_short(exc)}") from exc
+        method = method or self.default_method
+        if method not in ("rome", "ft"):
+            raise EditServiceError(f"unknown method {method!r}; choose rome or ft")
+        self._pending.pop(pid, None)  # one-time: a second Apply with this id is refused
+        with self._edit_mutex:
+            return self._apply(session, proposal, request, method, layer, progress)
+
+    def _apply(self, session: str, proposal: EditProposal, request: EditRequest, method: str,
+               layer: int | None, progress: ProgressFn | None) -> EditReport:
+        start = time.perf_counter()
+        report = progress or (lambda *a: None)
+        report("checking the model's current answer", 0, 1, None)
+        before = self.probe(request, proposal.target_old)
+        layer = self.editor.resolve_layer(layer)
+        record = self.log.add_pending(
+            session=session, subject=request.subject, prompt=request.text, question=request.question,
+            target_old=proposal.target_old, target_new=request.target_new, method=method, layer=layer,
+            model_fingerprint=self.editor.fingerprint, model_name=self.loaded.name, before=before.model_dump(),
+        )
+        delta: WeightDelta | None = None
+        applied = False
+        try:
+            with self.lock.read():  # computing only reads the weights; chat may continue
+                outcome = self.editor.compute(request, method, layer, self.hparams.get(method), progress=progress)
+            delta = outcome.delta
+            report("writing weights", 1, 1, None)
+            path = self.deltas_dir / f"edit-{record.id:05d}-{delta.id}.safetensors"
+            digest = delta.save(path)
+            with self.lock.write():  # no generation is running while weights change
+                self.stack.apply(delta)
+                applied = True
+                self.editor.invalidate()
+            report("checking the edited model", 1, 1, None)
+            after = self.probe(request, proposal.target_old)
+            seconds = time.perf_counter() - start
+            record = self.log.transition(
+                record.id, "applied", delta_id=delta.id, delta_path=str(path), delta_sha256=digest,
+                hparams=delta.meta.get("hparams", {}), after=after.model_dump(), seconds=round(seconds, 2),
+            )
+        except BaseException as exc:
+            if applied and delta is not None:
+                with self.lock.write():
+                    self.stack.revert(delta.id)
+            self.log.transition(record.id, "failed", error=_short(exc))
+            if isinstance(exc, EditingError):
+                raise EditServiceError(f"The edit failed and nothing was changed: {_short(exc)}") from exc
+            raise
+        return EditReport(edit=record, before=before, after=after, seconds=seconds, layer=layer, method=method)
+
+    def revert(self, session: str, edit_id: int, password: str) -> EditRecord:
+        self.passwords.check(password, session, "revert_edit")
+        with self._edit_mutex:
+            record = self.log.get(edit_id)
+            if record.status != "applied" or record.delta_id not in self.stack:
+                raise EditServiceError(f"Edit {edit_id} is {record.status}, not applied; there is nothing to revert.")
+            with self.lock.write():
+                self.stack.revert(record.delta_id)
+                self.editor.invalidate()
+            try:
+                return self.log.transition(edit_id, "reverted")
+            except BaseException:
+                with self.lock.write():  # keep model and log in agreement
+                    self.stack.apply(WeightDelta.load(record.delta_path))
+                raise
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def replay(self) -> list[str]:
+        """Re-apply the log's applied edits (after a restart); returns problems found."""
+        problems = []
+        for record in self.log.applied():
+            try:
+                if record.model_fingerprint and record.model_fingerprint != self.editor.fingerprint:
+                    raise DeltaMismatch(f"it was made for another model ({record.model_fingerprint})")
+                if not record.delta_path or not Path(record.delta_path).exists():
+                    raise DeltaMismatch(f"its delta file {record.delta_path} is missing")
+                delta = WeightDelta.load(record.delta_path, expected_sha256=record.delta_sha256)
+                with self.lock.write():
+                    self.stack.apply(delta)
+            except (DeltaMismatch, OSError, KeyError) as exc:
+                problems.append(f"edit {record.id} ({record.subject} → {record.target_new}) not replayed: {exc}")
+                log.warning(problems[-1])
+        self.editor.invalidate()
+        return problems
+
+    def save_checkpoint(self, session: str, password: str, root: Path) -> CheckpointRecord:
+        self.passwords.check(password, session, "save_checkpoint")
+        start = time.perf_counter()
+        applied = [r for r in self.log.applied() if r.delta_id in self.stack]
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(root) / f"{_slug(self.loaded.name)}-{stamp}-{len(applied)}edits"
+        manifest = {
+            "base_model": self.loaded.name,
+            "base_fingerprint": self.editor.fingerprint,
+            "edits": [{"id": r.id, "subject": r.subject, "prompt": r.prompt, "target_new": r.target_new,
+                       "method": r.method, "layer": r.layer, "delta_sha256": r.delta_sha256} for r in applied],
+        }
+        with self.lock.read():
+            save_checkpoint(self.loaded, out, manifest)
+        return self.log.add_checkpoint(str(out), [r.id for r in applied], round(time.perf_counter() - start, 2))
+
+    @property
+    def n_applied(self) -> int:
+        return len(self.stack)
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+    return str(exc) or type(exc).__name__
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[-60:] or "model"

@@ -1,0 +1,223 @@
+"""The edit log: SQLite through sqlite-utils, WAL, synchronous=FULL, named migrations.
+
+The log is the source of truth.  An edit's row is written as ``pending`` before the
+weights change and moved to ``applied`` or ``failed`` after; ``reverted`` when undone.
+All writes go through one connection under one lock, each in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from storage.records import AuthAttempt, CheckpointRecord, EditRecord, EditStatus
+
+JSON_COLUMNS = ("hparams", "before", "after")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class InvalidTransition(ValueError):
+    def __init__(self, edit_id: int, current: str, wanted: str) -> None:
+        super().__init__(f"edit {edit_id} is {current}; it cannot become {wanted}")
+
+
+ALLOWED: dict[str, set[str]] = {
+    "pending": {"applied", "failed"},
+    "applied": {"reverted"},
+    "reverted": {"applied"},  # re-apply of a reverted edit
+    "failed": set(),
+}
+
+
+# -- migrations: append only; each runs once, in its own transaction ------------------------
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db["edits"].create(
+        {
+            "id": int, "created_at": str, "session": str, "subject": str, "prompt": str, "question": str,
+            "target_old": str, "target_new": str, "method": str, "layer": int, "hparams": str,
+            "model_fingerprint": str, "delta_id": str, "delta_path": str, "delta_sha256": str,
+            "before": str, "after": str, "seconds": float, "status": str, "error": str,
+            "applied_at": str, "reverted_at": str,
+        },
+        pk="id",
+        not_null={"created_at", "session", "subject", "prompt", "target_new", "method", "status"},
+    )
+    db["edits"].create_index(["status"])
+    db["auth_attempts"].create(
+        {"id": int, "at": str, "session": str, "action": str, "success": int}, pk="id"
+    )
+    db["auth_attempts"].create_index(["session", "at"])
+    db["checkpoints"].create({"id": int, "created_at": str, "path": str, "edit_ids": str, "seconds": float}, pk="id")
+    db["settings"].create({"key": str, "value": str}, pk="key")
+
+
+def _m002_edit_model_name(db: sqlite_utils.Database) -> None:
+    db["edits"].add_column("model_name", str)
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("001_initial", _m001_initial),
+    ("002_edit_model_name", _m002_edit_model_name),
+]
+
+
+class EditLog:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self.db = sqlite_utils.Database(conn)
+        if str(path) != ":memory:":
+            self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=FULL")
+        self._lock = threading.RLock()
+        self.migrate()
+
+    # -- infrastructure -------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        with self._lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations this database has not seen; returns their names."""
+        with self._lock:
+            if "_migrations" not in self.db.table_names():
+                self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
+            done = {row["name"] for row in self.db["_migrations"].rows}
+            applied = []
+            for name, step in MIGRATIONS:
+                if name in done:
+                    continue
+                with self.transaction() as db:
+                    step(db)
+                    db["_migrations"].insert({"name": name, "applied_at": now()})
+                applied.append(name)
+            return applied
+
+    def migrations(self) -> list[str]:
+        return [row["name"] for row in self.db["_migrations"].rows_where(order_by="name")]
+
+    # -- edits ----------------------------------------------------------------------------
+
+    def add_pending(self, **fields: Any) -> EditRecord:
+        row = {"created_at": now(), "status": "pending", **fields}
+        for key in JSON_COLUMNS:
+            if key in row:
+                row[key] = json.dumps(row[key], ensure_ascii=False, default=str)
+        with self.transaction() as db:
+            edit_id = db["edits"].insert(row).last_pk
+        return self.get(edit_id)
+
+    def get(self, edit_id: int) -> EditRecord:
+        try:
+            row = self.db["edits"].get(edit_id)
+        except sqlite_utils.db.NotFoundError:
+            raise KeyError(f"no edit with id {edit_id}") from None
+        return _edit(row)
+
+    def transition(self, edit_id: int, status: EditStatus, **fields: Any) -> EditRecord:
+        """Move an edit to ``status`` (checked against the state machine) and set ``fields``."""
+        with self.transaction() as db:
+            current = db["edits"].get(edit_id)["status"]
+            if status not in ALLOWED[current]:
+                raise InvalidTransition(edit_id, current, status)
+            stamp = {"applied": "applied_at", "reverted": "reverted_at"}.get(status)
+            update = {"status": status, **fields}
+            if stamp:
+                update[stamp] = now()
+            if status == "applied":
+                update["reverted_at"] = None
+            for key in JSON_COLUMNS:
+                if key in update:
+                    update[key] = json.dumps(update[key], ensure_ascii=False, default=str)
+            db["edits"].update(edit_id, update)
+        return self.get(edit_id)
+
+    def edits(self, status: str | None = None, search: str | None = None, limit: int = 1000) -> list[EditRecord]:
+        where, args = [], {}
+        if status and status != "all":
+            where.append("status = :status")
+            args["status"] = status
+        if search:
+            where.append("(subject LIKE :q OR prompt LIKE :q OR target_new LIKE :q OR target_old LIKE :q)")
+            args["q"] = f"%{search}%"
+        rows = self.db["edits"].rows_where(" AND ".join(where) or None, args, order_by="id desc", limit=limit)
+        return [_edit(r) for r in rows]
+
+    def applied(self) -> list[EditRecord]:
+        """Applied edits in the order they were applied (for replay)."""
+        rows = self.db["edits"].rows_where("status = 'applied'", order_by="applied_at, id")
+        return [_edit(r) for r in rows]
+
+    # -- auth -----------------------------------------------------------------------------
+
+    def record_auth(self, session: str, action: str, success: bool) -> None:
+        with self.transaction() as db:
+            db["auth_attempts"].insert({"at": now(), "session": session, "action": action, "success": int(success)})
+
+    def failures_since(self, session: str, since: str) -> int:
+        return self.db.execute(
+            "SELECT count(*) FROM auth_attempts WHERE session = ? AND success = 0 AND at >= ?", [session, since]
+        ).fetchone()[0]
+
+    def auth_attempts(self, limit: int = 100) -> list[AuthAttempt]:
+        rows = self.db["auth_attempts"].rows_where(order_by="id desc", limit=limit)
+        return [AuthAttempt(**{**r, "success": bool(r["success"])}) for r in rows]
+
+    # -- settings and checkpoints -----------------------------------------------------------
+
+    def setting(self, key: str) -> str | None:
+        try:
+            return self.db["settings"].get(key)["value"]
+        except sqlite_utils.db.NotFoundError:
+            return None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db["settings"].upsert({"key": key, "value": value}, pk="key")
+
+    def add_checkpoint(self, path: str, edit_ids: list[int], seconds: float) -> CheckpointRecord:
+        with self.transaction() as db:
+            pk = db["checkpoints"].insert(
+                {"created_at": now(), "path": path, "edit_ids": json.dumps(edit_ids), "seconds": seconds}
+            ).last_pk
+        row = self.db["checkpoints"].get(pk)
+        return CheckpointRecord(**{**row, "edit_ids": json.loads(row["edit_ids"])})
+
+    def checkpoints(self) -> list[CheckpointRecord]:
+        return [
+            CheckpointRecord(**{**r, "edit_ids": json.loads(r["edit_ids"])})
+            for r in self.db["checkpoints"].rows_where(order_by="id desc")
+        ]
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+
+def _edit(row: dict) -> EditRecord:
+    row = dict(row)
+    for key in JSON_COLUMNS:
+        row[key] = json.loads(row[key]) if row.get(key) else {}
+    return EditRecord(**row)
