@@ -85,10 +85,19 @@ class ChatAgent:
         add = self.loaded.profile.chat_format == "fewshot"
         return self.loaded.tokenizer(text, add_special_tokens=add).input_ids
 
+    def system_message(self, text: str) -> Message:
+        return {"role": "system", "content": prompts.load(f"system_{language_of(text)}")}
+
+    def prompt_text(self, question: str) -> str:
+        """The exact text a fresh conversation sends for ``question`` (the editing engine
+        optimises edits through it, so corrected facts show up in chat answers)."""
+        return render_chat([self.system_message(question), {"role": "user", "content": question}],
+                           self.loaded.tokenizer, self.loaded.profile)
+
     def prepare(self, history: list[Message], message: str, max_new_tokens: int) -> PreparedPrompt:
         """Render the prompt, keeping the newest turns that fit the context window."""
         budget = self.context_length - max_new_tokens
-        system = {"role": "system", "content": prompts.load(f"system_{language_of(message)}")}
+        system = self.system_message(message)
         turns = [*history, {"role": "user", "content": message}]
         dropped = 0
         while True:
@@ -165,6 +174,20 @@ class ChatAgent:
         if notes:
             final = final + "\n\n" + " ".join(notes)
         yield final
+
+    def complete(self, prompt: str, settings: GenerationSettings | None = None) -> str:
+        """Greedy raw completion of ``prompt`` (the intent agent's LLM extractor)."""
+        settings = settings or GenerationSettings()
+        tok = self.loaded.tokenizer
+        ids = torch.tensor([self._encode(prompt)], device=self.loaded.device)
+        with self.lock.read(), torch.inference_mode():
+            out = self.loaded.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=settings.max_new_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None,
+                eos_token_id=self.loaded.eos_token_ids or None,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else self.loaded.eos_token_ids[0],
+            )
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
     def answer(self, history: list[Message], message: str, settings: GenerationSettings | None = None) -> str:
         """The whole answer at once (tests, the evaluation's chat-level success)."""

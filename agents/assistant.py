@@ -1,0 +1,156 @@
+"""The product's front desk: everything a browser session can ask for, without Gradio.
+
+``app.py`` turns these methods into UI events and API endpoints; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from agents.chat import ChatAgent, GenerationSettings, SessionStore, is_clean_command, language_of
+from agents.intent import IntentAgent
+from agents.proposal import EditProposal
+from agents.service import EditReport, EditService
+from storage.records import CheckpointRecord, EditRecord
+
+log = logging.getLogger(__name__)
+
+CLEARED_NOTICE = {"en": "Chat history cleared. The next answer comes from the model's weights alone.",
+                  "zh": "对话历史已清空。接下来的回答只来自模型权重。"}
+EMPTY_NOTICE = "Type a message first (an empty message is ignored)."
+
+
+class ProposalView(BaseModel):
+    """What the confirmation card shows; ``id`` is the one-time handle for Apply."""
+
+    id: str
+    proposal: EditProposal
+    method: str
+    layer: int
+
+
+@dataclass
+class ChatTurn:
+    answer: str
+    proposal: ProposalView | None = None
+    notice: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+class Assistant:
+    def __init__(self, chat: ChatAgent, intent: IntentAgent, service: EditService, checkpoints_dir: Path,
+                 replay_problems: list[str] | None = None) -> None:
+        self.chat, self.intent, self.service = chat, intent, service
+        self.sessions = SessionStore()
+        self.checkpoints_dir = Path(checkpoints_dir)
+        self.replay_problems = replay_problems or []
+
+    # -- chat -----------------------------------------------------------------------------
+
+    def chat_stream(self, session: str, message: str, settings: GenerationSettings | None = None) -> Iterator[ChatTurn]:
+        """Yield the turn as it grows; the last one carries the proposal, if the message was a correction."""
+        state = self.sessions.get(session)
+        if not message or not message.strip():
+            yield ChatTurn(answer="", notice=EMPTY_NOTICE, history=list(state.history))
+            return
+        if is_clean_command(message):
+            state.clear()
+            yield ChatTurn(answer="", notice=CLEARED_NOTICE[language_of(message)], history=[])
+            return
+        previous_answer = next((m["content"] for m in reversed(state.history) if m["role"] == "assistant"), None)
+        previous_question = next((m["content"] for m in reversed(state.history) if m["role"] == "user"), None)
+        proposal = self.intent.propose(message, previous_answer, previous_question)
+        state.stop_event = threading.Event()
+        history = list(state.history)
+        answer = ""
+        if proposal is not None:
+            # a correction is answered by the confirmation card, not by the model arguing back
+            view = self._register(session, proposal)
+            answer = _proposal_sentence(view)
+            state.history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]
+            yield ChatTurn(answer=answer, proposal=view, history=list(state.history))
+            return
+        for answer in self.chat.stream(history, message, settings, state.stop_event):
+            yield ChatTurn(answer=answer, history=[*history, {"role": "user", "content": message},
+                                                   {"role": "assistant", "content": answer}])
+        state.history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]
+        yield ChatTurn(answer=answer, history=list(state.history))
+
+    def stop(self, session: str) -> None:
+        self.sessions.get(session).stop_event.set()
+
+    def clean(self, session: str) -> str:
+        self.sessions.get(session).clear()
+        return CLEARED_NOTICE["en"]
+
+    def history(self, session: str) -> list[dict]:
+        return list(self.sessions.get(session).history)
+
+    def _register(self, session: str, proposal: EditProposal) -> ProposalView:
+        pid = self.service.register(session, proposal)
+        return ProposalView(id=pid, proposal=proposal, method=self.service.default_method,
+                            layer=self.service.editor.default_layer)
+
+    # -- edits ------------------------------------------------------------------------------
+
+    def apply_edit(self, session: str, pid: str, password: str, overrides: dict | None = None,
+                   method: str | None = None, layer: int | None = None, progress=None) -> EditReport:
+        return self.service.apply(session, pid, password, overrides=overrides, method=method, layer=layer,
+                                  progress=progress)
+
+    def cancel_edit(self, session: str, pid: str) -> None:
+        self.service.cancel(session, pid)
+
+    def revert_edit(self, session: str, edit_id: int, password: str) -> EditRecord:
+        return self.service.revert(session, edit_id, password)
+
+    def list_edits(self, status: str | None = None, search: str | None = None) -> list[EditRecord]:
+        return self.service.log.edits(status=status, search=search)
+
+    def save_checkpoint(self, session: str, password: str) -> CheckpointRecord:
+        return self.service.save_checkpoint(session, password, self.checkpoints_dir)
+
+    def export(self, fmt: str, out_dir: Path) -> Path:
+        rows = [r.model_dump() for r in self.list_edits()]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"amend-edits.{fmt}"
+        if fmt == "json":
+            path.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
+        else:
+            buffer = io.StringIO()
+            columns = list(EditRecord.model_fields)
+            writer = csv.DictWriter(buffer, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v for k, v in row.items()})
+            path.write_text(buffer.getvalue(), encoding="utf-8")
+        return path
+
+    def model_info(self) -> str:
+        loaded = self.service.loaded
+        n = self.service.n_applied
+        edits = f"base model + {n} edit{'s' if n != 1 else ''}"
+        line = f"**{loaded.profile.display_name}** · {loaded.device.type} · {str(loaded.dtype).removeprefix('torch.')} · {edits}"
+        if self.replay_problems:
+            line += f" · ⚠ {len(self.replay_problems)} logged edit(s) could not be replayed"
+        return line
+
+
+def _proposal_sentence(view: ProposalView) -> str:
+    p = view.proposal
+    if p.language == "zh":
+        old = f"（原答案：{p.target_old}）" if p.target_old else ""
+        return (f"我理解这是一条更正：**{p.subject}** —「{p.prompt}」→ **{p.target_new}**{old}。"
+                "请在下方卡片中确认，并输入编辑密码以修改模型权重。")
+    old = f" (was: {p.target_old})" if p.target_old else ""
+    return (f"I understood a correction: **{p.subject}** — “{p.prompt}” → **{p.target_new}**{old}. "
+            "Check it in the card below and enter the edit password to change the model's weights.")

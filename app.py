@@ -1,0 +1,402 @@
+"""Amend: chat with a local LLM and correct its facts by editing its weights.
+
+    python app.py                       # start on the default model (gemma3-270m) at 127.0.0.1:7860
+    python app.py --model smollm2       # the other built-in model
+    python app.py set-password          # set the edit password (prompted, not echoed)
+
+This file wires the services together and draws the Gradio page; it never touches tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("amend")
+
+STATUSES = ["all", "applied", "pending", "failed", "reverted"]
+LOG_COLUMNS = ["id", "time", "status", "subject", "prompt", "old", "new", "method", "layer", "seconds"]
+
+
+@dataclass
+class Settings:
+    model: str = "gemma3-270m"
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    home: Path = Path.home() / ".cache" / "amend"
+    db: Path | None = None
+    replay: bool = True
+    intent: str = "auto"  # auto | parser | llm
+    method: str = "rome"
+    trust_remote_code: bool = False
+
+    @property
+    def state_dir(self) -> Path:
+        import re
+
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", self.model).strip("-")[-60:] or "model"
+        return self.home / "state" / slug
+
+    @property
+    def db_path(self) -> Path:
+        return self.db or self.state_dir / "amend.sqlite"
+
+
+# -- wiring -----------------------------------------------------------------------------------
+
+
+def open_log(settings: Settings):
+    from storage.db import EditLog
+    from storage.passwords import PasswordStore
+
+    edit_log = EditLog(settings.db_path)
+    passwords = PasswordStore(edit_log)
+    first_run_password = os.environ.get("AMEND_EDIT_PASSWORD")
+    if first_run_password and not passwords.is_set:
+        passwords.set(first_run_password)
+        log.info("edit password set from AMEND_EDIT_PASSWORD")
+    return edit_log, passwords
+
+
+def build_assistant(settings: Settings):
+    """Load the model and create every service; returns the ``Assistant`` facade."""
+    os.environ["AMEND_HOME"] = str(settings.home)
+    from agents.assistant import Assistant
+    from agents.chat import ChatAgent, GenerationSettings
+    from agents.intent import IntentAgent
+    from agents.locks import RWLock
+    from agents.service import EditService
+    from editing.engine import Editor
+    from runtime import BUILTIN_PROFILES, load_model
+
+    loaded = load_model(settings.model, device=settings.device, trust_remote_code=settings.trust_remote_code)
+    lock = RWLock()
+    chat = ChatAgent(loaded, lock)
+    editor = Editor(loaded.model, loaded.tokenizer, stats_dir=settings.home / "stats",
+                    default_layer=loaded.profile.default_edit_layer, chat_prompt=chat.prompt_text)
+    edit_log, passwords = open_log(settings)
+    service = EditService(loaded, editor, edit_log, passwords, settings.state_dir / "deltas", lock=lock, chat=chat,
+                          default_method=settings.method)
+    problems = service.replay() if settings.replay else []
+    use_llm = settings.intent == "llm" or (settings.intent == "auto" and settings.model not in BUILTIN_PROFILES)
+    generate = None
+    if use_llm:
+        def generate(prompt: str) -> str:
+            return chat.complete(prompt, GenerationSettings(max_new_tokens=96))
+    return Assistant(chat, IntentAgent(generate), service, settings.home / "checkpoints", problems)
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+
+def build_ui(assistant):
+    """The Gradio Blocks app. Handlers are thin: they call ``Assistant`` and map errors."""
+    import gradio as gr
+
+    from agents.chat import GenerationSettings
+    from agents.service import EditServiceError
+    from storage.passwords import PasswordError
+
+    def fail(exc: Exception):
+        return gr.Error(str(exc), print_exception=False)
+
+    def session_of(request: gr.Request | None) -> str:
+        return getattr(request, "session_hash", None) or "local"
+
+    def log_rows(status: str = "all", search: str = "") -> list[list]:
+        rows = []
+        for r in assistant.list_edits(status=status, search=search or None):
+            rows.append([r.id, r.created_at.replace("T", " ").rstrip("Z"), r.status, r.subject, r.prompt,
+                         r.target_old or "", r.target_new, r.method, r.layer, r.seconds])
+        return rows
+
+    hidden, shown = gr.update(visible=False), gr.update(visible=True)
+
+    # -- chat handlers
+    def chat_ui(message: str, temperature: float, max_new_tokens: int, request: gr.Request):
+        """Send a message. Yields the chat so far; a correction opens the confirmation card."""
+        settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+        session = session_of(request)
+        turn = None
+        for turn in assistant.chat_stream(session, message, settings):
+            yield turn.history, "", turn.notice or "", None, hidden, "", "", "", "", ""
+        if turn is None:
+            return
+        if turn.proposal is not None:
+            p = turn.proposal
+            yield (turn.history, "", turn.notice or "", p.model_dump(mode="json"), shown, p.id,
+                   p.proposal.subject, p.proposal.prompt, p.proposal.target_new, p.proposal.target_old or "")
+
+    def clean_ui(request: gr.Request):
+        """Clear this session's chat history (the same as typing `clean`)."""
+        return [], assistant.clean(session_of(request)), None, hidden
+
+    def stop_ui(request: gr.Request):
+        """Stop the answer being generated for this session."""
+        assistant.stop(session_of(request))
+
+    # -- edit handlers
+    def apply_ui(pid: str, password: str, subject: str, prompt: str, target_new: str, method: str,
+                 layer: float | None, request: gr.Request, progress=gr.Progress()):
+        """Apply the pending proposal `pid` (needs the edit password); returns the before/after report."""
+        def report(stage: str, step: int, total: int, loss: float | None):
+            desc = stage if loss is None else f"{stage} step {step}/{total}, loss {loss:.3f}"
+            progress((step, max(total, 1)) if total else 0, desc=desc)
+
+        overrides = {"subject": subject, "prompt": prompt, "target_new": target_new}
+        try:
+            result = assistant.apply_edit(session_of(request), pid, password, overrides=overrides, method=method,
+                                          layer=int(layer) if layer not in (None, "") else None, progress=report)
+        except (EditServiceError, PasswordError) as exc:
+            raise fail(exc) from exc
+        return (render_report(result), shown, hidden, "", assistant.model_info(), result.edit.id,
+                result.model_dump(mode="json"), log_rows())
+
+    def cancel_ui(pid: str, request: gr.Request):
+        """Drop the pending proposal `pid`."""
+        try:
+            assistant.cancel_edit(session_of(request), pid)
+        except EditServiceError:
+            pass
+        return hidden, "", "Proposal cancelled; nothing was changed."
+
+    def revert_ui(edit_id: float, password: str, request: gr.Request):
+        """Revert the applied edit `edit_id` (needs the edit password)."""
+        if edit_id in (None, ""):
+            raise gr.Error("Choose the id of an applied edit first.")
+        try:
+            record = assistant.revert_edit(session_of(request), int(edit_id), password)
+        except (EditServiceError, PasswordError, KeyError) as exc:
+            raise fail(exc) from exc
+        return (f"Edit {record.id} reverted: {record.subject} → {record.target_new} is undone and the weights "
+                "are back to what they were without it.", assistant.model_info(), log_rows(), "")
+
+    def save_ui(password: str, request: gr.Request, progress=gr.Progress()):
+        """Save the edited model as a checkpoint folder loadable with --model PATH (needs the password)."""
+        progress(0, desc="writing the checkpoint")
+        try:
+            record = assistant.save_checkpoint(session_of(request), password)
+        except (EditServiceError, PasswordError) as exc:
+            raise fail(exc) from exc
+        return (f"Checkpoint saved with {len(record.edit_ids)} edit(s) in {record.seconds:.1f} s: `{record.path}` "
+                f"(load it with `python app.py --model {record.path}`).", "")
+
+    def list_ui(search: str, status: str):
+        """The edit log as rows: id, time, status, subject, prompt, old, new, method, layer, seconds."""
+        return log_rows(status or "all", search or "")
+
+    def detail_ui(edit_id: float):
+        """One edit's full log row."""
+        if edit_id in (None, ""):
+            return None
+        try:
+            return assistant.service.log.get(int(edit_id)).model_dump(mode="json")
+        except KeyError as exc:
+            raise fail(exc) from exc
+
+    def export_ui(fmt: str):
+        """Export the edit log as CSV or JSON."""
+        return str(assistant.export(fmt.lower(), assistant.checkpoints_dir.parent / "exports"))
+
+    def select_row(evt: gr.SelectData, rows):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        try:
+            return int(rows.iloc[row, 0]) if hasattr(rows, "iloc") else int(rows[row][0])
+        except (IndexError, ValueError, TypeError):
+            return None
+
+    with gr.Blocks(title="Amend") as demo:
+        gr.Markdown("# Amend\nChat with a local model. When it gets a fact wrong, say so — "
+                    "you confirm, and the correction is written into its weights. Type `clean` to start over.")
+        info = gr.Markdown(assistant.model_info())
+        with gr.Tab("Chat"):
+            chatbot = gr.Chatbot(height=420, label="Conversation")
+            with gr.Row():
+                msg = gr.Textbox(placeholder="Ask something, or correct the model: “Actually, …” / “不对，…”",
+                                 show_label=False, scale=8, autofocus=True)
+                send = gr.Button("Send", variant="primary", scale=1)
+                stop = gr.Button("Stop", scale=1)
+                new_chat = gr.Button("New chat", scale=1)
+            notice = gr.Markdown()
+            with gr.Accordion("Generation settings", open=False):
+                temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+                max_new_tokens = gr.Slider(16, 512, value=128, step=16, label="Max new tokens")
+            proposal_json = gr.JSON(visible=False, label="proposal")
+            with gr.Group(visible=False) as card:
+                gr.Markdown("### Proposed edit — check it, then apply with the edit password")
+                pid = gr.Textbox(visible=False, label="proposal id")
+                with gr.Row():
+                    subject = gr.Textbox(label="Subject")
+                    prompt = gr.Textbox(label="Prompt (contains the subject)", scale=2)
+                    target_new = gr.Textbox(label="New answer")
+                    target_old = gr.Textbox(label="Current answer", interactive=False)
+                with gr.Row():
+                    method = gr.Radio(["rome", "ft"], value=assistant.service.default_method, label="Method")
+                    layer = gr.Number(value=assistant.service.editor.default_layer, precision=0,
+                                      label=f"Layer (0–{assistant.service.editor.depth - 1})")
+                    password = gr.Textbox(type="password", label="Edit password")
+                with gr.Row():
+                    apply_btn = gr.Button("Apply edit", variant="primary")
+                    cancel_btn = gr.Button("Cancel")
+            with gr.Group(visible=False) as result_card:
+                result_md = gr.Markdown()
+                last_edit = gr.Number(visible=False, label="edit id")
+                report_json = gr.JSON(visible=False, label="report")
+                with gr.Row():
+                    result_password = gr.Textbox(type="password", label="Edit password (to revert or save)")
+                    keep_btn = gr.Button("Keep")
+                    revert_now = gr.Button("Revert now")
+                    save_now = gr.Button("Save checkpoint")
+        with gr.Tab("Edit log"):
+            with gr.Row():
+                search = gr.Textbox(label="Search subject / prompt / answers", scale=3)
+                status = gr.Dropdown(STATUSES, value="all", label="Status")
+                refresh = gr.Button("Refresh")
+            table = gr.Dataframe(headers=LOG_COLUMNS, value=log_rows(), interactive=False, wrap=True)
+            with gr.Row():
+                edit_id = gr.Number(label="Edit id", precision=0)
+                log_password = gr.Textbox(type="password", label="Edit password")
+                revert_btn = gr.Button("Revert edit")
+                save_btn = gr.Button("Save checkpoint")
+            log_notice = gr.Markdown()
+            detail = gr.JSON(label="Edit detail")
+            with gr.Row():
+                export_fmt = gr.Radio(["CSV", "JSON"], value="CSV", label="Export format")
+                export_btn = gr.Button("Export log")
+                export_file = gr.File(label="Export")
+
+        chat_outputs = [chatbot, msg, notice, proposal_json, card, pid, subject, prompt, target_new, target_old]
+        send.click(chat_ui, [msg, temperature, max_new_tokens], chat_outputs, api_name="chat")
+        msg.submit(chat_ui, [msg, temperature, max_new_tokens], chat_outputs, api_name="chat_submit",
+                   api_visibility="private")
+        stop.click(stop_ui, None, None, api_name="stop", queue=False)
+        new_chat.click(clean_ui, None, [chatbot, notice, proposal_json, card], api_name="clean")
+        apply_btn.click(apply_ui, [pid, password, subject, prompt, target_new, method, layer],
+                        [result_md, result_card, card, password, info, last_edit, report_json, table],
+                        api_name="apply_edit")
+        cancel_btn.click(cancel_ui, [pid], [card, pid, notice], api_name="cancel_edit")
+        keep_btn.click(lambda: hidden, None, [result_card], api_name="keep_edit", api_visibility="private")
+        revert_now.click(revert_ui, [last_edit, result_password], [result_md, info, table, result_password],
+                         api_name="revert_last", api_visibility="private")
+        save_now.click(save_ui, [result_password], [result_md, result_password], api_name="save_last",
+                       api_visibility="private")
+        refresh.click(list_ui, [search, status], [table], api_name="list_edits")
+        search.submit(list_ui, [search, status], [table], api_name="search_edits", api_visibility="private")
+        status.change(list_ui, [search, status], [table], api_name="filter_edits", api_visibility="private")
+        table.select(select_row, [table], [edit_id], api_name="select_edit", api_visibility="private")
+        edit_id.change(detail_ui, [edit_id], [detail], api_name="edit_detail")
+        revert_btn.click(revert_ui, [edit_id, log_password], [log_notice, info, table, log_password],
+                         api_name="revert_edit")
+        save_btn.click(save_ui, [log_password], [log_notice, log_password], api_name="save_checkpoint")
+        export_btn.click(export_ui, [export_fmt], [export_file], api_name="export_edits")
+        demo.load(lambda: (assistant.model_info(), log_rows()), None, [info, table], api_name="refresh",
+                  api_visibility="private")
+    return demo
+
+
+def render_report(result) -> str:
+    b, a = result.before, result.after
+    rows = [
+        ("P(new answer)", f"{b.target_prob:.1%}", f"{a.target_prob:.1%}"),
+    ]
+    if b.old_prob is not None:
+        rows.append(("P(old answer)", f"{b.old_prob:.1%}", f"{a.old_prob:.1%}"))
+    rows += [
+        ("Completion of the prompt", b.completion, a.completion),
+        ("Chat answer", b.chat_answer, a.chat_answer),
+    ]
+    rows += [(f"Unrelated: {p}", b.unrelated[p], a.unrelated.get(p, "")) for p in b.unrelated]
+    table = "\n".join(f"| {k} | {_cell(x)} | {_cell(y)} |" for k, x, y in rows)
+    e = result.edit
+    zh = any("\u4e00" <= ch <= "\u9fff" for ch in e.prompt)
+    headline = "修改成功！是否保存修改？" if zh else "Edit applied. Keep it, revert it, or save a checkpoint?"
+    return (f"### {headline}\nEdit **#{e.id}**: {e.subject} — “{e.prompt}” → **{e.target_new}** "
+            f"({result.method.upper()}, layer {result.layer}, {result.seconds:.1f} s)\n\n"
+            f"| | before | after |\n|---|---|---|\n{table}")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:160]
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> tuple[str, Settings]:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="app.py", description="Amend: correct a local LLM by editing its weights.")
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "set-password"],
+                        help="run the app (default) or set the edit password")
+    parser.add_argument("--model", default=env.get("AMEND_MODEL", "gemma3-270m"),
+                        help="built-in alias (gemma3-270m, smollm2), a local folder, or a Hugging Face id")
+    parser.add_argument("--device", default=env.get("AMEND_DEVICE", "auto"), choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--host", default=env.get("AMEND_HOST", "127.0.0.1"),
+                        help="interface to bind; anything but 127.0.0.1 exposes the app to your network")
+    parser.add_argument("--port", type=int, default=int(env.get("AMEND_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="create a public Gradio share link (explicit choice)")
+    parser.add_argument("--home", type=Path, default=Path(env.get("AMEND_HOME", Path.home() / ".cache" / "amend")),
+                        help="data folder: converted models, statistics, edit log, deltas, checkpoints")
+    parser.add_argument("--db", type=Path, default=env.get("AMEND_DB"), help="edit log database (SQLite) path")
+    parser.add_argument("--no-replay", dest="replay", action="store_false",
+                        help="start from the unedited weights instead of re-applying logged edits")
+    parser.add_argument("--intent", default=env.get("AMEND_INTENT", "auto"), choices=["auto", "parser", "llm"],
+                        help="how corrections are recognised; auto = parser on built-in models, LLM+parser otherwise")
+    parser.add_argument("--method", default="rome", choices=["rome", "ft"], help="default editing method")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a model's own Python code (only for models you trust)")
+    args = parser.parse_args(argv)
+    settings = Settings(model=args.model, device=args.device, host=args.host, port=args.port, share=args.share,
+                        home=args.home, db=Path(args.db) if args.db else None, replay=args.replay,
+                        intent=args.intent, method=args.method, trust_remote_code=args.trust_remote_code)
+    return args.command, settings
+
+
+def set_password(settings: Settings) -> int:
+    from storage.passwords import PasswordError
+
+    edit_log, passwords = open_log(settings)
+    first = getpass.getpass("New edit password: ")
+    if first != getpass.getpass("Repeat it: "):
+        print("The two passwords differ; nothing was changed.", file=sys.stderr)
+        return 1
+    try:
+        passwords.set(first)
+    except PasswordError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"Edit password set (argon2 hash stored in {settings.db_path}).")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command, settings = parse_args(sys.argv[1:] if argv is None else argv)
+    if command == "set-password":
+        return set_password(settings)
+    from runtime.loader import ModelLoadError
+
+    try:
+        assistant = build_assistant(settings)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for problem in assistant.replay_problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not assistant.service.passwords.is_set:
+        print("note: no edit password is set; edits will be refused until you run "
+              "`python app.py set-password` or start with AMEND_EDIT_PASSWORD=...", file=sys.stderr)
+    demo = build_ui(assistant)
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
