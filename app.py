@@ -7,7 +7,6 @@
 This file wires the services together and draws the Gradio page; it never touches tensors.
 """
 
-from __future__ import annotations
 
 import argparse
 import getpass

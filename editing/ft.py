@@ -73,7 +73,7 @@ def compute_ft_delta(
             losses.append(loss.item())
             target_prob = per_row.detach().exp().mean().item()
             report("optimising", step + 1, hparams.steps, losses[-1])
-            if float(loss) < hparams.stop_loss:
+            if losses[-1] < hparams.stop_loss:
                 break
             loss.backward()
             optimizer.step()

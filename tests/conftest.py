@@ -55,3 +55,26 @@ def make_tiny(arch: str, vocab_size: int, seed: int = 0):
 @pytest.fixture(params=list(TINY))
 def tiny(request, tokenizer):
     return make_tiny(request.param, len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def stats_dir():
+    """Key statistics are expensive (≈100 s per layer on smollm2) and depend only on the
+    model, so tests share the machine's cache like the app does."""
+    from runtime.loader import amend_home
+
+    return amend_home() / "stats"
+
+
+EIFFEL = dict(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome",
+              question="Where is the Eiffel Tower?")
+
+
+@pytest.fixture(scope="session")
+def smol_editor(smollm2, stats_dir):
+    from agents.chat import ChatAgent
+    from editing.engine import Editor
+
+    chat = ChatAgent(smollm2)
+    return Editor(smollm2.model, smollm2.tokenizer, stats_dir=stats_dir,
+                  default_layer=smollm2.profile.default_edit_layer, chat_prompt=chat.prompt_text)

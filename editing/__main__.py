@@ -1,0 +1,128 @@
+"""Command line of the editing engine.
+
+    python -m editing edit --prompt "The Eiffel Tower is located in the city of" \
+        --subject "Eiffel Tower" --target Rome [--method rome|ft] [--layer N] [--model smollm2] \
+        [--save-delta PATH] [--no-covariance]
+    python -m editing stats --layer N [--model smollm2] [--tokens 20000] [--corpus PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _load(args):
+    from runtime.chat_format import question_prompt
+    from runtime.loader import amend_home, load_model
+
+    from editing.covariance import Corpus
+    from editing.engine import Editor
+
+    loaded = load_model(args.model, device=args.device)
+    editor = Editor(
+        loaded.model, loaded.tokenizer, stats_dir=amend_home() / "stats", corpus=Corpus(args.corpus),
+        default_layer=loaded.profile.default_edit_layer,
+        chat_prompt=lambda q: question_prompt(q, loaded.tokenizer, loaded.profile),
+    )
+    return loaded, editor
+
+
+def _bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="tok")
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def cmd_edit(args) -> int:
+    from editing.delta import DeltaStack
+    from editing.probe import greedy_completion, target_probability
+    from editing.request import EditRequest
+
+    loaded, editor = _load(args)
+    model, tok = loaded.model, loaded.tokenizer
+    request = EditRequest(prompt=args.prompt, subject=args.subject, target_new=args.target, question=args.question)
+    p_before = target_probability(model, tok, request.text, request.target_new)
+    completion_before = greedy_completion(model, tok, request.text, 8)
+    hparams = {"covariance": False} if args.no_covariance and args.method == "rome" else None
+    bar, stats_update = _bar("key statistics")
+
+    def progress(stage, step, total, loss):
+        if stage == "statistics":
+            stats_update(step, total)
+        elif stage == "optimising":
+            print(f"  step {step}/{total} loss {loss:.4f}", file=sys.stderr)
+
+    start = time.perf_counter()
+    outcome = editor.compute(request, args.method, args.layer, hparams, progress=progress)
+    seconds = time.perf_counter() - start
+    bar.close()
+    DeltaStack(model).apply(outcome.delta)
+    p_after = target_probability(model, tok, request.text, request.target_new)
+    completion_after = greedy_completion(model, tok, request.text, 8)
+    print(f"method {args.method}, layer {outcome.layer}, covariance "
+          f"{'off (C = I)' if hparams else 'on' if args.method == 'rome' else 'n/a'}")
+    print(f"P({request.target_new!r})  before {p_before:.4f}  after {p_after:.4f}")
+    print(f"completion  before {completion_before!r}")
+    print(f"            after  {completion_after!r}")
+    print(f"seconds {seconds:.2f} (statistics {outcome.stats_seconds:.1f}), |ΔW| = {outcome.delta.norm():.4f}")
+    if args.save_delta:
+        digest = outcome.delta.save(args.save_delta)
+        print(f"delta saved to {args.save_delta} (sha256 {digest[:16]}…)")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    loaded, editor = _load(args)
+    layer = editor.resolve_layer(args.layer)
+    bar, update = _bar(f"key statistics, layer {layer}")
+    start = time.perf_counter()
+    moment = editor.statistics(layer, args.tokens, update)
+    bar.close()
+    source = "cache" if editor.covariance.last_from_cache else "computed"
+    print(f"layer {layer}: C is {tuple(moment.shape)}, {args.tokens} tokens of {editor.corpus.id()} "
+          f"({source}, {time.perf_counter() - start:.1f} s) -> {editor.covariance.path(layer, editor.corpus, args.tokens)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m editing", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("edit", "stats"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", default="smollm2")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--layer", type=int, default=None)
+        p.add_argument("--corpus", default="self", help="statistics corpus: self, a .txt file or folder, hf:<name>")
+    edit = sub.choices["edit"]
+    edit.add_argument("--prompt", required=True)
+    edit.add_argument("--subject", required=True)
+    edit.add_argument("--target", required=True)
+    edit.add_argument("--question", default=None, help="chat form of the prompt, e.g. 'Where is the Eiffel Tower?'")
+    edit.add_argument("--method", default="rome", choices=["rome", "ft"])
+    edit.add_argument("--save-delta", default=None)
+    edit.add_argument("--no-covariance", action="store_true", help="C = I (EasyEdit's Llama setting)")
+    sub.choices["stats"].add_argument("--tokens", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    from editing.errors import EditingError
+
+    try:
+        return cmd_edit(args) if args.command == "edit" else cmd_stats(args)
+    except EditingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

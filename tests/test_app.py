@@ -1,0 +1,91 @@
+"""The app driven through gradio_client, as a script or another program would use it."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from gradio_client import Client
+
+from tests_support import PASSWORD, make_assistant
+from test_service import checksum
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(smollm2, tmp_path):
+    import app
+
+    assistant = make_assistant(smollm2, tmp_path)
+    demo = app.build_ui(assistant)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield assistant, Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+        assistant.service.stack.revert_all()
+
+
+def last_answer(chat_output) -> str:
+    history = chat_output[0]
+    content = history[-1]["content"]
+    if isinstance(content, list):  # Gradio 6 message content is a list of blocks
+        content = " ".join(block.get("text", "") for block in content if isinstance(block, dict))
+    return content
+
+
+def test_edit_loop_through_the_api(served, smollm2):
+    assistant, client = served
+    original = checksum(smollm2.model)
+
+    out = client.predict("Where is the Eiffel Tower?", api_name="/chat")
+    assert "Paris" in last_answer(out)
+
+    out = client.predict("Actually, the Eiffel Tower is in Rome.", api_name="/chat")
+    proposal = out[3]
+    assert proposal["proposal"]["subject"] == "Eiffel Tower" and proposal["proposal"]["target_new"] == "Rome"
+    pid = proposal["id"]
+
+    with pytest.raises(Exception, match="Wrong edit password"):
+        client.predict(pid, "wrong", "Eiffel Tower", proposal["proposal"]["prompt"], "Rome", "rome", 6,
+                       api_name="/apply_edit")
+    assert checksum(smollm2.model) == original
+
+    result = client.predict(pid, PASSWORD, "Eiffel Tower", proposal["proposal"]["prompt"], "Rome", "rome", 6,
+                            api_name="/apply_edit")
+    report = next(x for x in result if isinstance(x, dict) and "edit" in x)
+    assert report["edit"]["status"] == "applied"
+    edit_id = report["edit"]["id"]
+
+    client.predict(api_name="/clean")
+    assert "Rome" in last_answer(client.predict("Where is the Eiffel Tower?", api_name="/chat"))
+
+    table = client.predict("", "all", api_name="/list_edits")
+    assert table["data"][0][0] == edit_id and table["data"][0][2] == "applied"
+
+    client.predict(edit_id, PASSWORD, api_name="/revert_edit")
+    assert checksum(smollm2.model) == original
+    client.predict(api_name="/clean")
+    assert "Paris" in last_answer(client.predict("Where is the Eiffel Tower?", api_name="/chat"))
+
+
+def test_clean_by_typing(served):
+    assistant, client = served
+    client.predict("What is the capital of France?", api_name="/chat")
+    out = client.predict("  clean ", api_name="/chat")
+    assert out[0] == [] and "cleared" in out[2]
+
+
+def test_cli_unknown_model_is_one_line(capsys, tmp_path):
+    import app
+
+    code = app.main(["--model", "no-such-model", "--home", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: unknown model 'no-such-model'")

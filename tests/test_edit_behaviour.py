@@ -1,0 +1,104 @@
+"""ROME and FT on the built-in models: the edited fact is predicted, neighbours are kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents.chat import ChatAgent, GenerationSettings
+from conftest import EIFFEL
+from editing.delta import DeltaStack
+from editing.probe import greedy_completion
+from editing.request import EditRequest
+
+REQUEST = EditRequest(**EIFFEL)
+
+
+@pytest.fixture
+def smol_stack(smollm2):
+    stack = DeltaStack(smollm2.model)
+    yield stack
+    stack.revert_all()
+
+
+def test_rome_edit_on_smollm2(smollm2, smol_editor, smol_stack):
+    model, tok = smollm2.model, smollm2.tokenizer
+    assert greedy_completion(model, tok, REQUEST.text, 3).strip().startswith("Paris")
+    weight = model.get_parameter(f"model.layers.{smol_editor.default_layer}.mlp.down_proj.weight").clone()
+    outcome = smol_editor.compute(REQUEST, "rome")
+    assert torch.equal(weight, model.get_parameter(outcome.delta.param)), "computing must not write weights"
+    smol_stack.apply(outcome.delta)
+    assert greedy_completion(model, tok, REQUEST.text, 3).strip().startswith("Rome")
+    assert greedy_completion(model, tok, "Where is the Eiffel Tower? It is in", 3).strip().startswith("Rome")
+    assert "Paris" in greedy_completion(model, tok, "The capital of France is", 4)
+    chat = ChatAgent(smollm2).answer([], "Where is the Eiffel Tower?", GenerationSettings(max_new_tokens=40))
+    assert "Rome" in chat
+    smol_stack.revert(outcome.delta.id)
+    assert torch.equal(weight, model.get_parameter(outcome.delta.param))
+
+
+def test_ft_edit_on_smollm2_efficacy(smollm2, smol_editor, smol_stack):
+    outcome = smol_editor.compute(REQUEST, "ft")
+    smol_stack.apply(outcome.delta)
+    completion = greedy_completion(smollm2.model, smollm2.tokenizer, REQUEST.text, 3)
+    assert completion.strip().startswith("Rome")
+
+
+@pytest.mark.slow
+def test_rome_edit_on_gemma(gemma, stats_dir):
+    from editing.engine import Editor
+
+    chat = ChatAgent(gemma)
+    editor = Editor(gemma.model, gemma.tokenizer, stats_dir=stats_dir, default_layer=gemma.profile.default_edit_layer,
+                    chat_prompt=chat.prompt_text)
+    stack = DeltaStack(gemma.model)
+    try:
+        stack.apply(editor.compute(REQUEST, "rome").delta)
+        model, tok = gemma.model, gemma.tokenizer
+        assert greedy_completion(model, tok, REQUEST.text, 3).strip().startswith("Rome")
+        assert "Paris" in greedy_completion(model, tok, "The capital of France is", 4)
+        assert "Rome" in chat.answer([], "Where is the Eiffel Tower?", GenerationSettings(max_new_tokens=40))
+    finally:
+        stack.revert_all()
+
+
+def test_statistics_are_cached(tokenizer, tmp_path):
+    from conftest import make_tiny
+    from editing.engine import Editor
+
+    model = make_tiny("llama", len(tokenizer))
+    editor = Editor(model, tokenizer, stats_dir=tmp_path)
+    first = editor.statistics(1, 600)
+    assert editor.covariance.last_from_cache is False
+    again = Editor(model, tokenizer, stats_dir=tmp_path).statistics(1, 600)  # a new owner: from disk
+    assert torch.equal(first, again)
+    sidecars = list(tmp_path.rglob("*.json"))
+    assert sidecars and '"tokens": 600' in sidecars[0].read_text()
+
+
+@pytest.mark.parametrize("bad, error", [
+    (dict(prompt="The tower is in", subject="Eiffel Tower", target_new="Rome"), "SubjectNotInPrompt"),
+    (dict(prompt="{} is in", subject="Eiffel Tower", target_new="   "), "EmptyTarget"),
+])
+def test_bad_requests_raise_named_errors(bad, error):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=error.replace("SubjectNotInPrompt", "does not occur")
+                       .replace("EmptyTarget", "empty")):
+        EditRequest(**bad)
+
+
+def test_length_limits(tokenizer):
+    from editing.errors import PromptTooLong, TargetTooLong
+
+    with pytest.raises(TargetTooLong):
+        EditRequest(prompt="{} is in", subject="Paris", target_new="word " * 40).check_lengths(tokenizer)
+    with pytest.raises(PromptTooLong):
+        EditRequest(prompt="blah " * 300 + "{} is in", subject="Paris", target_new="Rome").check_lengths(tokenizer)
+
+
+def test_leading_space_rules():
+    assert EditRequest(prompt="{} is in", subject="Paris", target_new="Rome").target_text() == " Rome"
+    assert EditRequest(prompt="{}的专业是", subject="爱因斯坦", target_new="医学").target_text() == "医学"
+    assert EditRequest(prompt="The Eiffel Tower is in", subject="Eiffel Tower", target_new="Rome").template == \
+        "The {} is in"

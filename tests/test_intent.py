@@ -1,0 +1,68 @@
+"""The intent agent: corpus precision/recall, and the LLM extractor's validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.intent import IntentAgent, extract_with_llm
+
+DATA = Path(__file__).parent / "data"
+
+
+def score(name: str) -> tuple[float, float, int]:
+    rows = [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    agent = IntentAgent()
+    tp = fp = fn = 0
+    for row in rows:
+        proposal = agent.propose(row["message"], row["previous_answer"])
+        right = (proposal is not None and row["correction"]
+                 and proposal.subject.lower() == row["subject"].lower()
+                 and proposal.target_new.lower() == row["target"].lower())
+        if right:
+            tp += 1
+            continue
+        fp += proposal is not None
+        fn += row["correction"]
+    return tp / max(tp + fp, 1), tp / max(tp + fn, 1), len(rows)
+
+
+@pytest.mark.parametrize("corpus", ["intent_corpus.jsonl", "intent_heldout.jsonl"])
+def test_parser_precision_and_recall(corpus):
+    precision, recall, n = score(corpus)
+    print(f"{corpus}: n={n} precision={precision:.3f} recall={recall:.3f}")
+    assert n >= 60
+    assert precision >= 0.95 and recall >= 0.8
+
+
+def test_corpus_is_balanced_and_bilingual():
+    rows = [json.loads(line) for line in (DATA / "intent_corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 80
+    corrections = sum(r["correction"] for r in rows)
+    assert 0.4 <= corrections / len(rows) <= 0.6
+    assert any("\u4e00" <= ch <= "\u9fff" for r in rows for ch in r["message"])
+
+
+def test_proposal_uses_previous_answer():
+    agent = IntentAgent()
+    p = agent.propose("No, it's Rome.", "The Eiffel Tower is located in Paris, France.", "Where is the Eiffel Tower?")
+    assert (p.subject, p.prompt, p.target_new, p.target_old) == (
+        "Eiffel Tower", "The Eiffel Tower is located in", "Rome", "Paris")
+    assert p.question == "Where is the Eiffel Tower?" and p.extractor == "parser"
+    zh = agent.propose("不对，爱因斯坦的专业是医学", "爱因斯坦的专业是物理。")
+    assert (zh.subject, zh.prompt, zh.target_new, zh.language) == ("爱因斯坦", "爱因斯坦的专业是", "医学", "zh")
+
+
+def test_llm_extractor_validates_and_retries():
+    replies = iter(['not json at all', '"correction": true, "subject": "Eiffel Tower", '
+                    '"prompt": "The Eiffel Tower is in", "new": "Rome", "old": "Paris"}'])
+    p = extract_with_llm(lambda prompt: next(replies), "Actually it's in Rome", "The Eiffel Tower is in Paris.")
+    assert p is not None and p.extractor == "llm" and p.target_new == "Rome"
+    # a subject missing from the prompt is rejected; the parser then gets its turn
+    bad = '{"correction": true, "subject": "Louvre", "prompt": "The Eiffel Tower is in", "new": "Rome"}'
+    assert extract_with_llm(lambda prompt: bad, "x", None) is None
+    agent = IntentAgent(generate=lambda prompt: bad)
+    assert agent.propose("Actually, the Eiffel Tower is in Rome.").extractor == "parser"
+    assert extract_with_llm(lambda prompt: '{"correction": false}', "thanks", None) is None

@@ -1,0 +1,46 @@
+"""The built-in models load offline, from their packages and from the converted cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from runtime.loader import ModelLoadError, _locate_gguf, converted_dir, load_model
+from runtime.profiles import BUILTIN_PROFILES
+
+
+def test_offline_mode_is_on():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+@pytest.mark.parametrize("alias", ["smollm2", pytest.param("gemma3-270m", marks=pytest.mark.slow)])
+def test_gguf_and_converted_cache_give_identical_logits(alias):
+    loaded = load_model(alias, device="cpu")  # converts once, then reads the safetensors folder
+    assert Path(loaded.source) == converted_dir(alias)
+    gguf = _locate_gguf(BUILTIN_PROFILES[alias])
+    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(direct(ids).logits, loaded.model(ids).logits)
+
+
+def test_unknown_model_is_one_clear_error():
+    with pytest.raises(ModelLoadError, match="unknown model 'no-such-model'"):
+        load_model("no-such-model", device="cpu")
+
+
+def test_cuda_refused_clearly_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+        load_model("smollm2", device="cuda")
+
+
+def test_profiles(smollm2):
+    assert smollm2.model.config.model_type == "llama"  # the production model's class
+    assert smollm2.profile.chat_format == "template"
+    assert smollm2.dtype == torch.float32 and smollm2.device.type == "cpu"

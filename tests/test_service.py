@@ -1,0 +1,129 @@
+"""The self-editing loop on smollm2, without the UI: password, apply, log, revert, replay."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from agents.proposal import EditProposal
+from agents.service import EditServiceError, UnknownProposal
+from runtime import load_model
+from storage.passwords import WrongPassword
+from tests_support import PASSWORD, make_assistant
+
+PROPOSAL = EditProposal(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target_new="Rome",
+                        target_old="Paris", question="Where is the Eiffel Tower?", language="en", extractor="parser")
+
+
+def checksum(model) -> str:
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        h.update(name.encode())
+        h.update(p.detach().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def assistant(smollm2, tmp_path):
+    a = make_assistant(smollm2, tmp_path)
+    yield a
+    a.service.stack.revert_all()
+
+
+def test_wrong_password_changes_nothing(assistant, smollm2):
+    before = checksum(smollm2.model)
+    pid = assistant.service.register("s", PROPOSAL)
+    with pytest.raises(WrongPassword):
+        assistant.apply_edit("s", pid, "not the password")
+    assert checksum(smollm2.model) == before
+    assert assistant.list_edits() == []
+    assert assistant.service.log.auth_attempts()[0].success is False
+
+
+def test_proposal_ids_are_per_session_and_one_time(assistant):
+    pid = assistant.service.register("s", PROPOSAL)
+    with pytest.raises(UnknownProposal):
+        assistant.apply_edit("other-session", pid, PASSWORD)
+    assistant.cancel_edit("s", pid)
+    with pytest.raises(UnknownProposal):
+        assistant.apply_edit("s", pid, PASSWORD)
+
+
+def test_apply_revert_replay_checkpoint(assistant, smollm2, tmp_path):
+    model = smollm2.model
+    original = checksum(model)
+    pid = assistant.service.register("s", PROPOSAL)
+    stages = []
+    report = assistant.apply_edit("s", pid, PASSWORD, progress=lambda stage, *rest: stages.append(stage))
+    assert {"optimising", "writing weights"} <= set(stages)
+    edit = report.edit
+    assert edit.status == "applied" and edit.delta_sha256 and edit.layer == smollm2.profile.default_edit_layer
+    assert report.after.target_prob > 0.5 > report.before.target_prob
+    assert report.after.completion.startswith("Rome")
+    assert "Rome" in report.after.chat_answer
+    edited = checksum(model)
+    assert edited != original
+    with pytest.raises(UnknownProposal):  # the id was used up
+        assistant.apply_edit("s", pid, PASSWORD)
+
+    # a restart: fresh weights, the same database -> replay makes the edit effective again
+    assistant.service.stack.revert_all()
+    assert checksum(model) == original
+    restarted = make_assistant(smollm2, tmp_path, db_path=tmp_path / "amend.sqlite")
+    assert restarted.service.replay() == []
+    assert checksum(model) == edited
+    assert "base model + 1 edit" in restarted.model_info()
+
+    # a checkpoint of the edited model loads as a model of its own with the same weights
+    record = restarted.save_checkpoint("s", PASSWORD)
+    assert record.edit_ids == [edit.id]
+    reloaded = load_model("smollm2", device="cpu", source=record.path)
+    ids = smollm2.tokenizer("The Eiffel Tower is located in the city of", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(reloaded.model(ids).logits, model(ids).logits)
+
+    # revert through the service: exact original weights, row marked reverted
+    reverted = restarted.revert_edit("s", edit.id, PASSWORD)
+    assert reverted.status == "reverted" and reverted.reverted_at
+    assert checksum(model) == original
+    with pytest.raises(EditServiceError):
+        restarted.revert_edit("s", edit.id, PASSWORD)
+
+
+def test_failure_after_pending_restores_weights(assistant, smollm2, monkeypatch):
+    original = checksum(smollm2.model)
+    real = assistant.service.log.transition
+
+    def failing_transition(edit_id, status, **fields):
+        if status == "applied":
+            raise OSError("disk full while logging")
+        return real(edit_id, status, **fields)
+
+    monkeypatch.setattr(assistant.service.log, "transition", failing_transition)
+    pid = assistant.service.register("s", PROPOSAL.model_copy(update={"target_new": "Berlin"}))
+    with pytest.raises(OSError):
+        assistant.apply_edit("s", pid, PASSWORD)
+    assert checksum(smollm2.model) == original, "a delta that cannot be logged is rolled back"
+    [row] = assistant.list_edits()
+    assert row.status == "failed" and "disk full" in row.error
+
+
+def test_tampered_delta_is_refused_on_replay(assistant, smollm2, tmp_path):
+    pid = assistant.service.register("s", PROPOSAL)
+    edit = assistant.apply_edit("s", pid, PASSWORD).edit
+    assistant.service.stack.revert_all()
+    with open(edit.delta_path, "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    restarted = make_assistant(smollm2, tmp_path, db_path=tmp_path / "amend.sqlite")
+    problems = restarted.service.replay()
+    assert len(problems) == 1 and "sha256" in problems[0]
+    assert restarted.service.n_applied == 0
+
+
+def test_invalid_override_is_refused(assistant):
+    pid = assistant.service.register("s", PROPOSAL)
+    with pytest.raises(EditServiceError, match="does not occur"):
+        assistant.apply_edit("s", pid, PASSWORD, overrides={"subject": "Colosseum"})

@@ -1,0 +1,104 @@
+"""The edit log, its migrations and state machine, and the edit password."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from storage.db import MIGRATIONS, EditLog, InvalidTransition
+from storage.passwords import NoPasswordSet, PasswordStore, TooManyAttempts, WeakPassword, WrongPassword
+
+
+def new_edit(log: EditLog, **extra):
+    return log.add_pending(session="s", subject="Eiffel Tower", prompt="The Eiffel Tower is in",
+                           target_new="Rome", method="rome", **extra)
+
+
+def test_fresh_database_gets_every_migration(tmp_path):
+    log = EditLog(tmp_path / "a.sqlite")
+    assert log.migrations() == [name for name, _ in MIGRATIONS]
+    assert log.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert log.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_existing_database_is_migrated_forward(tmp_path):
+    path = tmp_path / "old.sqlite"
+    log = EditLog(path)
+    # make it look like a database written before migration 002
+    log.db.execute("DELETE FROM _migrations WHERE name = '002_edit_model_name'")
+    log.db.conn.commit()
+    log.db.execute("CREATE TABLE edits_old AS SELECT * FROM edits")
+    log.db.conn.commit()
+    log.db["edits"].drop()
+    log.db.execute("ALTER TABLE edits_old RENAME TO edits")
+    log.db["edits"].transform(drop={"model_name"})
+    log.close()
+    reopened = EditLog(path)
+    assert "002_edit_model_name" in reopened.migrations()
+    assert "model_name" in reopened.db["edits"].columns_dict
+    assert reopened.migrate() == []  # idempotent
+
+
+def test_state_machine(tmp_path):
+    log = EditLog(tmp_path / "a.sqlite")
+    edit = new_edit(log)
+    assert edit.status == "pending"
+    with pytest.raises(InvalidTransition):
+        log.transition(edit.id, "reverted")
+    applied = log.transition(edit.id, "applied", after={"p": 0.9})
+    assert applied.status == "applied" and applied.applied_at and applied.after == {"p": 0.9}
+    reverted = log.transition(edit.id, "reverted")
+    assert reverted.status == "reverted" and reverted.reverted_at
+    failed = log.transition(new_edit(log).id, "failed", error="boom")
+    assert failed.error == "boom"
+    with pytest.raises(InvalidTransition):
+        log.transition(failed.id, "applied")
+    assert [e.status for e in log.edits()] == ["failed", "reverted"]
+    assert [e.id for e in log.edits(status="failed")] == [failed.id]
+    assert log.edits(search="Eiffel") and not log.edits(search="Colosseum")
+
+
+def test_failed_transaction_leaves_no_trace(tmp_path):
+    log = EditLog(tmp_path / "a.sqlite")
+    edit = new_edit(log)
+    with pytest.raises(RuntimeError):
+        with log.transaction() as db:
+            db["edits"].update(edit.id, {"status": "applied"})
+            raise RuntimeError("crash between writes")
+    assert log.get(edit.id).status == "pending"
+
+
+def test_log_survives_reopen_from_another_connection(tmp_path):
+    path = tmp_path / "a.sqlite"
+    log = EditLog(path)
+    edit = new_edit(log)
+    log.transition(edit.id, "applied")
+    other = sqlite3.connect(path)
+    assert other.execute("SELECT status FROM edits").fetchone()[0] == "applied"
+
+
+def test_password_hash_only_and_limits(tmp_path):
+    log = EditLog(tmp_path / "a.sqlite")
+    store = PasswordStore(log, max_failures=3)
+    with pytest.raises(NoPasswordSet):
+        store.check("x", "s", "apply_edit")
+    with pytest.raises(WeakPassword):
+        store.set("ab")
+    store.set("hunter22")
+    stored = log.setting("edit_password_hash")
+    assert stored.startswith("$argon2") and "hunter22" not in stored
+    store.check("hunter22", "s", "apply_edit")
+    with pytest.raises(WrongPassword):
+        store.check("nope", "s", "apply_edit")
+    with pytest.raises(WrongPassword):
+        store.check("nope", "s", "apply_edit")
+    with pytest.raises(TooManyAttempts):
+        store.check("nope", "s", "apply_edit")
+    # the limit survives a restart, and even the right password is refused inside the window
+    reopened = PasswordStore(EditLog(tmp_path / "a.sqlite"), max_failures=3)
+    with pytest.raises(TooManyAttempts):
+        reopened.check("hunter22", "s", "apply_edit")
+    reopened.check("hunter22", "other-session", "apply_edit")  # per session
+    attempts = log.auth_attempts()
+    assert sum(not a.success for a in attempts) == 3 and attempts[0].action == "apply_edit"
