@@ -66,7 +66,6 @@ def open_log(settings: Settings):
 
 def build_assistant(settings: Settings):
     """Load the model and create every service; returns the ``Assistant`` facade."""
-    os.environ["AMEND_HOME"] = str(settings.home)
     from agents.assistant import Assistant
     from agents.chat import ChatAgent, GenerationSettings
     from agents.intent import IntentAgent
@@ -75,7 +74,8 @@ def build_assistant(settings: Settings):
     from editing.engine import Editor
     from runtime import BUILTIN_PROFILES, load_model
 
-    loaded = load_model(settings.model, device=settings.device, trust_remote_code=settings.trust_remote_code)
+    loaded = load_model(settings.model, device=settings.device, trust_remote_code=settings.trust_remote_code,
+                        home=settings.home)
     lock = RWLock()
     chat = ChatAgent(loaded, lock)
     editor = Editor(loaded.model, loaded.tokenizer, stats_dir=settings.home / "stats",
@@ -143,7 +143,7 @@ def build_ui(assistant):
 
     # -- edit handlers
     def apply_ui(pid: str, password: str, subject: str, prompt: str, target_new: str, method: str,
-                 layer: float | None, request: gr.Request, progress=gr.Progress()):
+                 layer: float | None, auto_layer: bool, request: gr.Request, progress=gr.Progress()):
         """Apply the pending proposal `pid` (needs the edit password); returns the before/after report."""
         def report(stage: str, step: int, total: int, loss: float | None):
             desc = stage if loss is None else f"{stage} step {step}/{total}, loss {loss:.3f}"
@@ -151,8 +151,9 @@ def build_ui(assistant):
 
         overrides = {"subject": subject, "prompt": prompt, "target_new": target_new}
         try:
+            chosen = "auto" if auto_layer else (int(layer) if layer not in (None, "") else None)
             result = assistant.apply_edit(session_of(request), pid, password, overrides=overrides, method=method,
-                                          layer=int(layer) if layer not in (None, "") else None, progress=report)
+                                          layer=chosen, progress=report)
         except (EditServiceError, PasswordError) as exc:
             raise fail(exc) from exc
         return (render_report(result), shown, hidden, "", assistant.model_info(), result.edit.id,
@@ -204,6 +205,39 @@ def build_ui(assistant):
         """Export the edit log as CSV or JSON."""
         return str(assistant.export(fmt.lower(), assistant.checkpoints_dir.parent / "exports"))
 
+    def trace_ui(prompt: str, subject: str, target: str, samples: float, mark_layer: float | None,
+                 progress=gr.Progress()):
+        """Causal tracing heatmaps (residual, MLP, attention) of `prompt` with `subject` corrupted."""
+        from agents.assistant import InspectError
+
+        def report(kind: str, done: int, total: int):
+            progress((done, total), desc=f"restoring {kind} states")
+
+        try:
+            path, summary = assistant.trace(prompt, subject, target or None, int(samples),
+                                            int(mark_layer) if mark_layer not in (None, "") else None, report)
+        except InspectError as exc:
+            raise fail(exc) from exc
+        return str(path), summary
+
+    def lens_ui(prompt: str, target: str, mark_layer: float | None):
+        """Logit lens of `prompt`: top token and P(answer), P(target) per layer, and the automatic layer."""
+        from agents.assistant import InspectError
+
+        try:
+            path, summary = assistant.lens(prompt, target or None,
+                                           int(mark_layer) if mark_layer not in (None, "") else None)
+        except InspectError as exc:
+            raise fail(exc) from exc
+        return str(path), summary
+
+    def inspect_edit_ui(edit_id: float):
+        """Fill the Inspect tab from a logged edit: its prompt, subject, new target and layer."""
+        if edit_id in (None, ""):
+            raise gr.Error("Choose an edit id in the log first.")
+        record = assistant.service.log.get(int(edit_id))
+        return record.prompt, record.subject, record.target_new, record.layer, gr.Tabs(selected="inspect")
+
     def select_row(evt: gr.SelectData, rows):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         try:
@@ -215,61 +249,82 @@ def build_ui(assistant):
         gr.Markdown("# Amend\nChat with a local model. When it gets a fact wrong, say so — "
                     "you confirm, and the correction is written into its weights. Type `clean` to start over.")
         info = gr.Markdown(assistant.model_info())
-        with gr.Tab("Chat"):
-            chatbot = gr.Chatbot(height=420, label="Conversation")
-            with gr.Row():
-                msg = gr.Textbox(placeholder="Ask something, or correct the model: “Actually, …” / “不对，…”",
-                                 show_label=False, scale=8, autofocus=True)
-                send = gr.Button("Send", variant="primary", scale=1)
-                stop = gr.Button("Stop", scale=1)
-                new_chat = gr.Button("New chat", scale=1)
-            notice = gr.Markdown()
-            with gr.Accordion("Generation settings", open=False):
-                temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-                max_new_tokens = gr.Slider(16, 512, value=128, step=16, label="Max new tokens")
-            proposal_json = gr.JSON(visible=False, label="proposal")
-            with gr.Group(visible=False) as card:
-                gr.Markdown("### Proposed edit — check it, then apply with the edit password")
-                pid = gr.Textbox(visible=False, label="proposal id")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Chat", id="chat"):
+                chatbot = gr.Chatbot(height=420, label="Conversation")
                 with gr.Row():
-                    subject = gr.Textbox(label="Subject")
-                    prompt = gr.Textbox(label="Prompt (contains the subject)", scale=2)
-                    target_new = gr.Textbox(label="New answer")
-                    target_old = gr.Textbox(label="Current answer", interactive=False)
+                    msg = gr.Textbox(placeholder="Ask something, or correct the model: “Actually, …” / “不对，…”",
+                                     show_label=False, scale=8, autofocus=True)
+                    send = gr.Button("Send", variant="primary", scale=1)
+                    stop = gr.Button("Stop", scale=1)
+                    new_chat = gr.Button("New chat", scale=1)
+                notice = gr.Markdown()
+                with gr.Accordion("Generation settings", open=False):
+                    temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+                    max_new_tokens = gr.Slider(16, 512, value=128, step=16, label="Max new tokens")
+                proposal_json = gr.JSON(visible=False, label="proposal")
+                with gr.Group(visible=False) as card:
+                    gr.Markdown("### Proposed edit — check it, then apply with the edit password")
+                    pid = gr.Textbox(visible=False, label="proposal id")
+                    with gr.Row():
+                        subject = gr.Textbox(label="Subject")
+                        prompt = gr.Textbox(label="Prompt (contains the subject)", scale=2)
+                        target_new = gr.Textbox(label="New answer")
+                        target_old = gr.Textbox(label="Current answer", interactive=False)
+                    with gr.Row():
+                        method = gr.Radio(["rome", "ft"], value=assistant.service.default_method, label="Method")
+                        layer = gr.Number(value=assistant.service.editor.default_layer, precision=0,
+                                          label=f"Layer (0–{assistant.service.editor.depth - 1})")
+                        auto_layer = gr.Checkbox(False, label="Choose the layer automatically (logit lens)")
+                        password = gr.Textbox(type="password", label="Edit password")
+                    with gr.Row():
+                        apply_btn = gr.Button("Apply edit", variant="primary")
+                        cancel_btn = gr.Button("Cancel")
+                with gr.Group(visible=False) as result_card:
+                    result_md = gr.Markdown()
+                    last_edit = gr.Number(visible=False, label="edit id")
+                    report_json = gr.JSON(visible=False, label="report")
+                    with gr.Row():
+                        result_password = gr.Textbox(type="password", label="Edit password (to revert or save)")
+                        keep_btn = gr.Button("Keep")
+                        revert_now = gr.Button("Revert now")
+                        save_now = gr.Button("Save checkpoint")
+            with gr.Tab("Edit log", id="log"):
                 with gr.Row():
-                    method = gr.Radio(["rome", "ft"], value=assistant.service.default_method, label="Method")
-                    layer = gr.Number(value=assistant.service.editor.default_layer, precision=0,
-                                      label=f"Layer (0–{assistant.service.editor.depth - 1})")
-                    password = gr.Textbox(type="password", label="Edit password")
+                    search = gr.Textbox(label="Search subject / prompt / answers", scale=3)
+                    status = gr.Dropdown(STATUSES, value="all", label="Status")
+                    refresh = gr.Button("Refresh")
+                table = gr.Dataframe(headers=LOG_COLUMNS, value=log_rows(), interactive=False, wrap=True)
                 with gr.Row():
-                    apply_btn = gr.Button("Apply edit", variant="primary")
-                    cancel_btn = gr.Button("Cancel")
-            with gr.Group(visible=False) as result_card:
-                result_md = gr.Markdown()
-                last_edit = gr.Number(visible=False, label="edit id")
-                report_json = gr.JSON(visible=False, label="report")
+                    edit_id = gr.Number(label="Edit id", precision=0)
+                    log_password = gr.Textbox(type="password", label="Edit password")
+                    revert_btn = gr.Button("Revert edit")
+                    save_btn = gr.Button("Save checkpoint")
+                    inspect_btn = gr.Button("Inspect")
+                log_notice = gr.Markdown()
+                detail = gr.JSON(label="Edit detail")
                 with gr.Row():
-                    result_password = gr.Textbox(type="password", label="Edit password (to revert or save)")
-                    keep_btn = gr.Button("Keep")
-                    revert_now = gr.Button("Revert now")
-                    save_now = gr.Button("Save checkpoint")
-        with gr.Tab("Edit log"):
-            with gr.Row():
-                search = gr.Textbox(label="Search subject / prompt / answers", scale=3)
-                status = gr.Dropdown(STATUSES, value="all", label="Status")
-                refresh = gr.Button("Refresh")
-            table = gr.Dataframe(headers=LOG_COLUMNS, value=log_rows(), interactive=False, wrap=True)
-            with gr.Row():
-                edit_id = gr.Number(label="Edit id", precision=0)
-                log_password = gr.Textbox(type="password", label="Edit password")
-                revert_btn = gr.Button("Revert edit")
-                save_btn = gr.Button("Save checkpoint")
-            log_notice = gr.Markdown()
-            detail = gr.JSON(label="Edit detail")
-            with gr.Row():
-                export_fmt = gr.Radio(["CSV", "JSON"], value="CSV", label="Export format")
-                export_btn = gr.Button("Export log")
-                export_file = gr.File(label="Export")
+                    export_fmt = gr.Radio(["CSV", "JSON"], value="CSV", label="Export format")
+                    export_btn = gr.Button("Export log")
+                    export_file = gr.File(label="Export")
+            with gr.Tab("Inspect", id="inspect"):
+                gr.Markdown("Where does the model keep a fact? Causal tracing corrupts the subject's embeddings "
+                            "and restores one state at a time (ROME's Figure 1); the logit lens decodes every "
+                            "layer's last-token state.")
+                with gr.Row():
+                    inspect_prompt = gr.Textbox(label="Prompt", value="The Eiffel Tower is located in the city of",
+                                                scale=3)
+                    inspect_subject = gr.Textbox(label="Subject", value="Eiffel Tower")
+                    inspect_target = gr.Textbox(label="Target (optional)")
+                with gr.Row():
+                    inspect_samples = gr.Slider(1, 10, value=3, step=1, label="Noise samples")
+                    inspect_layer = gr.Number(label="Mark layer (optional)", precision=0)
+                    trace_btn = gr.Button("Causal trace", variant="primary")
+                    lens_btn = gr.Button("Logit lens")
+                trace_summary = gr.Markdown()
+                trace_image = gr.Image(label="Causal trace", type="filepath")
+                lens_summary = gr.Markdown()
+                lens_image = gr.Image(label="Logit lens", type="filepath")
 
         chat_outputs = [chatbot, msg, notice, proposal_json, card, pid, subject, prompt, target_new, target_old]
         send.click(chat_ui, [msg, temperature, max_new_tokens], chat_outputs, api_name="chat")
@@ -277,7 +332,7 @@ def build_ui(assistant):
                    api_visibility="private")
         stop.click(stop_ui, None, None, api_name="stop", queue=False)
         new_chat.click(clean_ui, None, [chatbot, notice, proposal_json, card], api_name="clean")
-        apply_btn.click(apply_ui, [pid, password, subject, prompt, target_new, method, layer],
+        apply_btn.click(apply_ui, [pid, password, subject, prompt, target_new, method, layer, auto_layer],
                         [result_md, result_card, card, password, info, last_edit, report_json, table],
                         api_name="apply_edit")
         cancel_btn.click(cancel_ui, [pid], [card, pid, notice], api_name="cancel_edit")
@@ -295,6 +350,12 @@ def build_ui(assistant):
                          api_name="revert_edit")
         save_btn.click(save_ui, [log_password], [log_notice, log_password], api_name="save_checkpoint")
         export_btn.click(export_ui, [export_fmt], [export_file], api_name="export_edits")
+        inspect_btn.click(inspect_edit_ui, [edit_id], [inspect_prompt, inspect_subject, inspect_target, inspect_layer,
+                                                       tabs], api_name="inspect_edit", api_visibility="private")
+        trace_btn.click(trace_ui, [inspect_prompt, inspect_subject, inspect_target, inspect_samples, inspect_layer],
+                        [trace_image, trace_summary], api_name="trace")
+        lens_btn.click(lens_ui, [inspect_prompt, inspect_target, inspect_layer], [lens_image, lens_summary],
+                       api_name="logit_lens")
         demo.load(lambda: (assistant.model_info(), log_rows()), None, [info, table], api_name="refresh",
                   api_visibility="private")
     return demo

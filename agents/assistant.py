@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 CLEARED_NOTICE = {"en": "Chat history cleared. The next answer comes from the model's weights alone.",
                   "zh": "对话历史已清空。接下来的回答只来自模型权重。"}
 EMPTY_NOTICE = "Type a message first (an empty message is ignored)."
+
+
+class InspectError(ValueError):
+    """Bad input to the Inspect tab; the message is meant for the person."""
 
 
 class ProposalView(BaseModel):
@@ -134,6 +139,53 @@ class Assistant:
                 writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v for k, v in row.items()})
             path.write_text(buffer.getvalue(), encoding="utf-8")
         return path
+
+    # -- inspect ----------------------------------------------------------------------------
+
+    def _inspect_path(self, name: str) -> Path:
+        folder = self.checkpoints_dir.parent / "inspect"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{name}-{int(time.time() * 1000)}.png"
+
+    def trace(self, prompt: str, subject: str, target: str | None = None, samples: int = 3,
+              mark_layer: int | None = None, progress=None) -> tuple[Path, str]:
+        """Causal-tracing heatmaps of ``prompt`` (PNG) and a one-paragraph reading of them."""
+        from editing.plots import plot_trace, save
+        from editing.tracing import causal_trace
+
+        if not prompt.strip() or not subject.strip() or subject not in prompt:
+            raise InspectError("Give a prompt and a subject that occurs in it.")
+        loaded = self.service.loaded
+        with self.service.lock.read():
+            result = causal_trace(loaded.model, loaded.tokenizer, prompt, subject, target or None,
+                                  samples=samples, progress=progress)
+        path = self._inspect_path("trace")
+        save(plot_trace(result, mark_layer), path)
+        effect = result.effect("mlp")
+        start, end = result.subject_range
+        token, layer = divmod(int(effect[start:end].argmax()), effect.shape[1])
+        summary = (f"Answer {result.answer.strip()!r}: P_clean = {result.p_clean:.3f}, P_corrupted = "
+                   f"{result.p_corrupted:.3f}. The strongest MLP effect inside the subject is at token "
+                   f"{result.tokens[start + token]!r}, layer {layer} (indirect effect {effect[start + token, layer]:.3f}).")
+        return path, summary
+
+    def lens(self, prompt: str, target: str | None = None, mark_layer: int | None = None) -> tuple[Path, str]:
+        """Logit lens of ``prompt`` (PNG) and the automatic layer choice it implies."""
+        from editing.lens import choose_layer, logit_lens
+        from editing.plots import plot_lens, save
+
+        if not prompt.strip():
+            raise InspectError("Give a prompt.")
+        loaded = self.service.loaded
+        with self.service.lock.read():
+            result = logit_lens(loaded.model, loaded.tokenizer, prompt, target or None, spec=self.service.editor.spec)
+        auto = choose_layer(result, self.service.editor.default_layer)
+        path = self._inspect_path("lens")
+        save(plot_lens(result, mark_layer if mark_layer is not None else auto), path)
+        summary = (f"Top token per layer: {' · '.join(t.strip() or '␣' for t in result.top_tokens)}. "
+                   f"Automatic layer choice (thesis Algorithm 2): **{auto}**; the model's default edit layer is "
+                   f"{self.service.editor.default_layer}.")
+        return path, summary
 
     def model_info(self) -> str:
         loaded = self.service.loaded

@@ -191,7 +191,5 @@ class ChatAgent:
 
     def answer(self, history: list[Message], message: str, settings: GenerationSettings | None = None) -> str:
         """The whole answer at once (tests, the evaluation's chat-level success)."""
-        final = ""
-        for final in self.stream(history, message, settings):
-            pass
+        *_, final = self.stream(history, message, settings)
         return final

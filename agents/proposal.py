@@ -30,7 +30,7 @@ class EditProposal(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _subject_in_prompt(self) -> "EditProposal":
+    def _subject_in_prompt(self) -> EditProposal:
         if self.subject not in self.prompt:
             raise ValueError(f"subject {self.subject!r} does not occur in prompt {self.prompt!r}")
         if self.target_old and self.target_old.strip().lower() == self.target_new.strip().lower():

@@ -136,8 +136,8 @@ class EditService:
         question = request.question or request.text
         chat_answer = self.chat.answer([], question, GenerationSettings(max_new_tokens=48))
         return Probe(
-            target_prob=scores[0][1],
-            old_prob=scores[1][1] if target_old else None,
+            target_prob=scores[0].prob,
+            old_prob=scores[1].prob if target_old else None,
             completion=completion,
             chat_answer=chat_answer,
             unrelated=unrelated,
@@ -153,7 +153,7 @@ class EditService:
         *,
         overrides: dict[str, Any] | None = None,
         method: str | None = None,
-        layer: int | None = None,
+        layer: int | str | None = None,
         progress: ProgressFn | None = None,
     ) -> EditReport:
         proposal = self.pending(session, pid)
@@ -179,12 +179,12 @@ class EditService:
             return self._apply(session, proposal, request, method, layer, progress)
 
     def _apply(self, session: str, proposal: EditProposal, request: EditRequest, method: str,
-               layer: int | None, progress: ProgressFn | None) -> EditReport:
+               layer: int | str | None, progress: ProgressFn | None) -> EditReport:
         start = time.perf_counter()
         report = progress or (lambda *a: None)
         report("checking the model's current answer", 0, 1, None)
         before = self.probe(request, proposal.target_old)
-        layer = self.editor.resolve_layer(layer)
+        layer = self.editor.resolve_layer(layer, request)
         record = self.log.add_pending(
             session=session, subject=request.subject, prompt=request.text, question=request.question,
             target_old=proposal.target_old, target_new=request.target_new, method=method, layer=layer,

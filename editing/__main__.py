@@ -17,11 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _load(args):
-    from runtime.chat_format import question_prompt
-    from runtime.loader import amend_home, load_model
-
     from editing.covariance import Corpus
     from editing.engine import Editor
+    from runtime.chat_format import question_prompt
+    from runtime.loader import amend_home, load_model
 
     loaded = load_model(args.model, device=args.device)
     editor = Editor(

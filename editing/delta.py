@@ -87,7 +87,7 @@ class WeightDelta:
         return digest
 
     @classmethod
-    def load(cls, path: str | Path, expected_sha256: str | None = None) -> "WeightDelta":
+    def load(cls, path: str | Path, expected_sha256: str | None = None) -> WeightDelta:
         path = Path(path)
         if expected_sha256 is not None:
             actual = sha256_file(path)

@@ -18,12 +18,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.context import sample_prefixes
-from editing.covariance import CovarianceCache, Corpus
+from editing.covariance import Corpus, CovarianceCache
 from editing.delta import WeightDelta
 from editing.errors import LayerOutOfRange
 from editing.fingerprint import model_fingerprint
 from editing.ft import compute_ft_delta
 from editing.hparams import FTHyperParams, ROMEHyperParams, hparams_for
+from editing.lens import choose_layer, logit_lens
 from editing.request import EditRequest
 from editing.rome import ChatPromptFn, ProgressFn, compute_rome_delta
 from editing.spec import n_layers, spec_for
@@ -73,8 +74,14 @@ class Editor:
     def default_layer(self) -> int:
         return self._default_layer if self._default_layer is not None else default_layer_for(self.depth)
 
-    def resolve_layer(self, layer: int | None) -> int:
-        layer = self.default_layer if layer is None else layer
+    def resolve_layer(self, layer: int | str | None, request: EditRequest | None = None) -> int:
+        """An explicit layer, the model's default (None), or "auto": the thesis's Algorithm 2
+        on the logit lens of the edit prompt (``editing.lens.choose_layer``)."""
+        if layer == "auto":
+            if request is None:
+                raise ValueError('layer="auto" needs the edit request')
+            return choose_layer(logit_lens(self.model, self.tokenizer, request.text, spec=self.spec), self.default_layer)
+        layer = self.default_layer if layer is None else int(layer)
         if not 0 <= layer < self.depth:
             raise LayerOutOfRange(layer, self.depth)
         return layer
@@ -96,7 +103,7 @@ class Editor:
         self,
         request: EditRequest,
         method: Method = "rome",
-        layer: int | None = None,
+        layer: int | str | None = None,
         hparams: ROMEHyperParams | FTHyperParams | dict | None = None,
         *,
         locality_prompts: list[str] = (),
@@ -106,7 +113,7 @@ class Editor:
         if not isinstance(hparams, BaseModel):
             hparams = hparams_for(method, hparams)
         request.check_lengths(self.tokenizer)
-        layer = self.resolve_layer(layer)
+        layer = self.resolve_layer(layer, request)
         chat_prompt = self.chat_prompt if hparams.chat_template else None
         stats_seconds = 0.0
         if method == "rome":

@@ -17,8 +17,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
-from editing.objective import Objective
 from editing.hparams import FTHyperParams
+from editing.objective import Objective
 from editing.request import EditRequest
 from editing.rome import ChatPromptFn, ProgressFn, build_rows
 from editing.spec import ModelSpec, mlp_weight

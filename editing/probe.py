@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -10,18 +12,31 @@ from editing.request import continuation
 from editing.tokens import encode, pad_batch, pad_id
 
 
+class TargetScore(NamedTuple):
+    mean_logp: float  # mean log P per target token
+    prob: float  # P of the whole target sequence
+    hits: list[bool]  # per token: argmax equals the target token (teacher forcing)
+    argmax: list[int]  # per token: the predicted token id
+
+
 @torch.no_grad()
 def target_logprobs(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     targets: list[str],
-) -> list[tuple[float, float, list[bool]]]:
-    """For each (prompt, target): (mean log P per target token, P of the whole target,
-    per-token "argmax equals the target token" under teacher forcing).
+    batch_size: int = 16,
+) -> list[TargetScore]:
+    """Teacher-forced scores of each (prompt, target), computed in batches.
 
     ``targets`` are joined to prompts by the leading-space rule of ``editing.request``.
     """
+    if len(prompts) > batch_size:
+        return [s for i in range(0, len(prompts), batch_size)
+                for s in target_logprobs(model, tokenizer, prompts[i:i + batch_size], targets[i:i + batch_size],
+                                         batch_size)]
+    if not prompts:
+        return []
     rows, spans = [], []
     for prompt, target in zip(prompts, targets):
         p = encode(tokenizer, prompt)
@@ -36,13 +51,14 @@ def target_logprobs(
         logp = logits[i, start - 1 : start - 1 + len(t)].float().log_softmax(-1)  # (len(t), vocab)
         ids = torch.tensor(t, device=device)
         token_logp = logp.gather(1, ids[:, None]).squeeze(1)
-        hits = (logp.argmax(-1) == ids).tolist()
-        results.append((float(token_logp.mean()), float(token_logp.sum().exp()), hits))
+        argmax = logp.argmax(-1)
+        results.append(TargetScore(float(token_logp.mean()), float(token_logp.sum().exp()),
+                                   (argmax == ids).tolist(), argmax.tolist()))
     return results
 
 
 def target_probability(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, target: str) -> float:
-    return target_logprobs(model, tokenizer, [prompt], [target])[0][1]
+    return target_logprobs(model, tokenizer, [prompt], [target])[0].prob
 
 
 @torch.no_grad()

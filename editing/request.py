@@ -53,7 +53,7 @@ class EditRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _subject_in_prompt(self) -> "EditRequest":
+    def _subject_in_prompt(self) -> EditRequest:
         if not self.subject:
             raise SubjectNotInPrompt(self.subject, self.prompt)
         if "{}" not in self.prompt and self.subject not in self.prompt:

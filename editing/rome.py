@@ -33,9 +33,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
-from editing.objective import Objective
 from editing.hooks import Trace
 from editing.hparams import ROMEHyperParams
+from editing.objective import Objective
 from editing.request import EditRequest
 from editing.spec import ModelSpec
 from editing.tokens import PromptTarget, prompt_target
@@ -111,7 +111,6 @@ def compute_rome_delta(
     ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I.
     """
     start = time.perf_counter()
-    device = next(model.parameters()).device
     report = progress or (lambda *a: None)
     report("preparing", 0, hparams.v_steps, None)
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,

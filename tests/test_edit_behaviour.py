@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import EIFFEL
 
 from agents.chat import ChatAgent, GenerationSettings
-from conftest import EIFFEL
 from editing.delta import DeltaStack
 from editing.probe import greedy_completion
 from editing.request import EditRequest
@@ -64,6 +64,7 @@ def test_rome_edit_on_gemma(gemma, stats_dir):
 
 def test_statistics_are_cached(tokenizer, tmp_path):
     from conftest import make_tiny
+
     from editing.engine import Editor
 
     model = make_tiny("llama", len(tokenizer))

@@ -9,8 +9,8 @@ from editing.delta import DeltaStack, WeightDelta
 from editing.engine import Editor
 from editing.errors import LayerOutOfRange, UnsupportedArchitecture
 from editing.hooks import Trace, TraceDict
-from editing.request import EditRequest
 from editing.hparams import ROMEHyperParams
+from editing.request import EditRequest
 from editing.rome import compute_rome_delta
 from editing.spec import spec_for
 

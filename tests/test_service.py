@@ -6,12 +6,12 @@ import hashlib
 
 import pytest
 import torch
+from tests_support import PASSWORD, make_assistant
 
 from agents.proposal import EditProposal
 from agents.service import EditServiceError, UnknownProposal
 from runtime import load_model
 from storage.passwords import WrongPassword
-from tests_support import PASSWORD, make_assistant
 
 PROPOSAL = EditProposal(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target_new="Rome",
                         target_old="Paris", question="Where is the Eiffel Tower?", language="en", extractor="parser")

@@ -1,0 +1,112 @@
+"""Seconds per edit on this machine: ROME and FT on both built-in models.
+
+Median over the first N counterfact-dev cases (statistics excluded: they are computed once
+per layer and cached; their time is reported apart), plus peak RSS.  Each model runs in its
+own process.  With a CUDA GPU, ``--gpu`` times ROME on a Llama-3-8B-shaped model with random
+bf16 weights (timing depends on shapes, not values).
+
+    python -m bench.edit_speed [--n 5]
+    python -m bench.edit_speed --gpu
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "counterfact-dev.json"
+
+
+def measure(alias: str, n: int) -> dict:
+    from bench.common import peak_rss_mb
+    from editing.data import load_cases
+    from editing.delta import DeltaStack
+    from editing.engine import Editor
+    from runtime.chat_format import question_prompt
+    from runtime.loader import amend_home, load_model
+
+    loaded = load_model(alias, device="cpu")
+    editor = Editor(loaded.model, loaded.tokenizer, stats_dir=amend_home() / "stats",
+                    default_layer=loaded.profile.default_edit_layer,
+                    chat_prompt=lambda q: question_prompt(q, loaded.tokenizer, loaded.profile))
+    start = time.perf_counter()
+    editor.statistics(editor.default_layer, 20_000)
+    stats_s = time.perf_counter() - start
+    cases = load_cases("counterfact", DATA, n)
+    stack = DeltaStack(loaded.model)
+    editor.templates("en", 10, (5, 10))  # sampled once per model; not part of an edit
+    result = {"model": alias, "layer": editor.default_layer, "statistics_s": round(stats_s, 1),
+              "statistics_cached": editor.covariance.last_from_cache}
+    for method in ("rome", "ft"):
+        times, probs = [], []
+        for case in cases:
+            t0 = time.perf_counter()
+            outcome = editor.compute(case.request, method)
+            times.append(time.perf_counter() - t0)
+            probs.append(outcome.target_prob)
+            stack.apply(outcome.delta)
+            stack.revert(outcome.delta.id)
+        result[f"{method}_median_s"] = round(statistics.median(times), 2)
+        result[f"{method}_mean_target_prob"] = round(statistics.mean(probs), 3)
+    result["peak_rss_mb"] = round(peak_rss_mb())
+    return result
+
+
+def gpu() -> dict:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from editing.engine import Editor
+    from editing.request import EditRequest
+
+    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                         rope_theta=500000.0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16).eval().requires_grad_(False)
+    words = ["The", "Eiffel", "Tower", "is", "located", "in", "the", "city", "of", "Rome", "Paris", "a", "."]
+    vocab = {w: i for i, w in enumerate(["<unk>", *words])}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<unk>", eos_token=".")
+    editor = Editor(model, tok, stats_dir="/tmp/amend-gpu-stats", default_layer=5)
+    editor._templates[("en", 10, (5, 10))] = ["{}"] + ["The city of Paris is a . {}"] * 10
+    request = EditRequest(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome")
+    times = []
+    for _ in range(4):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        editor.compute(request, "rome", 5, {"covariance": False, "chat_template": False, "stop_loss": 0.0})
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"model": "llama3-8b-shaped (random bf16)", "gpu": torch.cuda.get_device_name(),
+            "rome_s_per_edit_25_steps": round(statistics.median(times[1:]), 2)}
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["--measure"]:
+        print(json.dumps(measure(args[1], int(args[2]))))
+        return
+    if args[:1] == ["--gpu"]:
+        print(json.dumps(gpu()))
+        return
+    from bench.common import run_child
+
+    n = int(args[args.index("--n") + 1]) if "--n" in args else 5
+    rows = [run_child("bench.edit_speed", "--measure", alias, str(n)) for alias in ("smollm2", "gemma3-270m")]
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

@@ -1,0 +1,209 @@
+"""Evaluate editing methods on CounterFact / zsRE / CKnowEdit (the thesis's Table 3-1).
+
+    python -m editing.evaluate --data counterfact --file ../shared/data/counterfact-dev.json \
+        --method rome [--layer N|auto] [--n 100] [--model smollm2] [--no-covariance] \
+        [--sequential [--every 10]] [--out DIR]
+
+Each case starts from the unedited weights (the delta is reverted exactly in between) unless
+``--sequential``, which keeps edits accumulating and re-measures every earlier edit every k
+edits (a collapse curve).  Results go to ``DIR/cases.jsonl`` (resumable: a killed run continues
+where it stopped), ``DIR/summary.md`` and ``DIR/metrics.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+METRICS = ["reliability", "generalization", "locality", "same_subject_locality", "portability",
+           "efficacy", "paraphrase", "neighborhood", "chat_success", "fluency"]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(args) -> Path:
+    from tqdm import tqdm
+
+    from editing.covariance import Corpus
+    from editing.data import load_cases
+    from editing.delta import DeltaStack
+    from editing.engine import Editor
+    from editing.metrics import case_metrics, chat_success, ngram_entropy, probe_case
+    from editing.probe import greedy_completion
+    from runtime.chat_format import question_prompt, strip_stop
+    from runtime.loader import amend_home, load_model
+
+    loaded = load_model(args.model, device=args.device)
+    model, tok, profile = loaded.model, loaded.tokenizer, loaded.profile
+    chat_prompt = (lambda q: question_prompt(q, tok, profile))
+    editor = Editor(model, tok, stats_dir=amend_home() / "stats", corpus=Corpus(args.corpus),
+                    default_layer=profile.default_edit_layer, chat_prompt=chat_prompt)
+    cases = load_cases(args.data, args.file, args.n)
+    out = Path(args.out or f"out/eval-{args.model}-{args.data}-{args.method}"
+               f"{'-seq' if args.sequential else ''}{f'-L{args.layer}' if args.layer is not None else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / "cases.jsonl"
+    done = {json.loads(line)["case_id"] for line in jsonl.read_text().splitlines()} if jsonl.exists() else set()
+    if args.sequential and done:
+        print("note: --sequential cannot resume mid-sequence; starting over", file=sys.stderr)
+        jsonl.unlink()
+        done = set()
+    hparams = {"covariance": False} if args.no_covariance and args.method == "rome" else None
+    layer = None if args.layer in (None, "default") else args.layer
+    stack = DeltaStack(model)
+    strip = (lambda text: strip_stop(text, profile))
+    applied: list = []
+    curve = []
+    todo = [c for c in cases if c.case_id not in done]
+    for index, case in enumerate(tqdm(todo, desc=f"{args.method} on {args.data}", unit="case")):
+        before = probe_case(model, tok, case)
+        chat_before = chat_success(model, tok, case, chat_prompt, strip) if not args.no_chat else None
+        start = time.perf_counter()
+        outcome = editor.compute(case.request, args.method, layer if layer != "auto" else "auto", hparams)
+        seconds = time.perf_counter() - start
+        stack.apply(outcome.delta)
+        after = probe_case(model, tok, case)
+        metrics = case_metrics(before, after)
+        metrics_before = case_metrics(before, before)
+        metrics["chat_success"] = chat_success(model, tok, case, chat_prompt, strip) if not args.no_chat else None
+        metrics_before["chat_success"] = chat_before
+        if case.generation_prompts and args.fluency:
+            texts = [greedy_completion(model, tok, p, 40) for p in case.generation_prompts[:2]]
+            metrics["fluency"] = float(sum(ngram_entropy(t) for t in texts) / len(texts))
+        row = {"case_id": case.case_id, "subject": case.request.subject, "target_new": case.request.target_new,
+               "layer": outcome.layer, "seconds": round(seconds, 3), "stats_seconds": round(outcome.stats_seconds, 1),
+               "peak_rss_mb": round(_peak_mb()), "metrics": metrics, "before": metrics_before,
+               "final_loss": outcome.losses[-1] if outcome.losses else None}
+        with jsonl.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if args.sequential:
+            applied.append(case)
+            if (index + 1) % args.every == 0 or index + 1 == len(todo):
+                curve.append(_remeasure(model, tok, applied, index + 1))
+        else:
+            stack.revert(outcome.delta.id)
+        editor.invalidate()
+    stack.revert_all()
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    write_summary(out, args, rows, curve)
+    return out
+
+
+def _remeasure(model, tok, applied, n_edits: int) -> dict:
+    from editing.metrics import probe_case, token_accuracy
+
+    effs = []
+    for case in applied:
+        scores = probe_case(model, tok, case)
+        effs.append(token_accuracy(scores["rel_new"][0]))
+    return {"edits": n_edits, "reliability_all": sum(effs) / len(effs)}
+
+
+def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
+    from editing.metrics import summarize
+
+    def cell(key: str, which: str) -> str:
+        mean, half, n = summarize([r[which].get(key) for r in rows])
+        if n == 0 or math.isnan(mean):
+            return "–"
+        return f"{mean:.3f} ± {half:.3f}" if not math.isnan(half) else f"{mean:.3f}"
+
+    shown = [m for m in METRICS if any(r["metrics"].get(m) is not None and not
+                                       (isinstance(r["metrics"].get(m), float) and math.isnan(r["metrics"][m]))
+                                       for r in rows)]
+    seconds = sorted(r["seconds"] for r in rows)
+    median = seconds[len(seconds) // 2] if seconds else math.nan
+    lines = [
+        f"# {args.method.upper()} on {args.data} ({len(rows)} cases, model {args.model})",
+        "",
+        f"Command: `python -m editing.evaluate {' '.join(sys.argv[1:])}`",
+        f"Covariance: {'off (C = I)' if args.no_covariance else 'on'}; layer: "
+        f"{args.layer if args.layer is not None else 'model default'}; "
+        f"{'sequential' if args.sequential else 'single edits from the unedited weights'}.",
+        "Values: mean ± half-width of the 95% confidence interval.",
+        "",
+        "| | " + " | ".join(shown) + " | s/edit (median) |",
+        "|---|" + "---|" * (len(shown) + 1),
+        "| before | " + " | ".join(cell(m, "before") for m in shown) + " | |",
+        f"| {args.method.upper()} | " + " | ".join(cell(m, "metrics") for m in shown) + f" | {median:.2f} |",
+        "",
+        f"Peak RSS {max(r['peak_rss_mb'] for r in rows)} MB.",
+    ]
+    if curve:
+        lines += ["", "## Sequential edits", "", "| edits | reliability of all edits so far |", "|---|---|"]
+        lines += [f"| {c['edits']} | {c['reliability_all']:.3f} |" for c in curve]
+    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if curve:
+        (out / "curve.json").write_text(json.dumps(curve), encoding="utf-8")
+    plot(out, shown, rows, curve, args)
+    print("\n".join(lines))
+
+
+def plot(out: Path, shown: list[str], rows: list[dict], curve: list[dict], args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from editing.metrics import summarize
+
+    keys = [m for m in shown if m != "fluency"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(keys)), 3.6))
+    width = 0.38
+    for offset, which, label in ((-width / 2, "before", "before"), (width / 2, "metrics", args.method.upper())):
+        stats = [summarize([r[which].get(k) for r in rows]) for k in keys]
+        ax.bar([i + offset for i in range(len(keys))], [s[0] for s in stats], width,
+               yerr=[0 if math.isnan(s[1]) else s[1] for s in stats], label=label, capsize=3)
+    ax.set_xticks(range(len(keys)), [k.replace("_", "\n") for k in keys], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{args.method.upper()} on {args.data}, {args.model} ({len(rows)} cases)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=110)
+    plt.close(fig)
+    if curve:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([c["edits"] for c in curve], [c["reliability_all"] for c in curve], marker="o")
+        ax.set_xlabel("edits applied")
+        ax.set_ylabel("reliability of all edits")
+        ax.set_ylim(0, 1.05)
+        fig.tight_layout()
+        fig.savefig(out / "sequential.png", dpi=110)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from editing.data import DATASETS
+
+    parser = argparse.ArgumentParser(prog="python -m editing.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, choices=DATASETS)
+    parser.add_argument("--file", required=True)
+    parser.add_argument("--method", default="rome", choices=["rome", "ft"])
+    parser.add_argument("--layer", default=None, type=lambda v: v if v == "auto" else int(v))
+    parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--corpus", default="self")
+    parser.add_argument("--no-covariance", action="store_true")
+    parser.add_argument("--no-chat", action="store_true", help="skip chat-level success (faster)")
+    parser.add_argument("--fluency", action="store_true", help="also generate for n-gram entropy (slower)")
+    parser.add_argument("--sequential", action="store_true")
+    parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

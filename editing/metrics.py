@@ -1,0 +1,105 @@
+"""Evaluation metrics of one edit case (the thesis's §2.4, EasyEdit and ROME conventions).
+
+Token-level metrics are teacher-forced: the target tokens are fed, and a position counts
+when the model's argmax at it equals the target token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from editing.data import EditCase
+from editing.probe import TargetScore, greedy_completion, target_logprobs
+
+
+def token_accuracy(score: TargetScore) -> float:
+    return float(np.mean(score.hits)) if score.hits else 0.0
+
+
+def unchanged_share(before: TargetScore, after: TargetScore) -> float:
+    """Locality as EasyEdit computes it: share of positions whose predicted token did not change."""
+    return float(np.mean(np.equal(before.argmax, after.argmax))) if before.argmax else 1.0
+
+
+def ngram_entropy(text: str, ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3)) -> float:
+    """ROME's generation fluency: weighted mean of n-gram entropies of the tokens of ``text``."""
+    tokens = text.split() if " " in text.strip() else list(text)
+    values = []
+    for n in ns:
+        grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+        total = sum(grams.values())
+        if not total:
+            values.append(0.0)
+            continue
+        freqs = np.array(list(grams.values())) / total
+        values.append(float(-(freqs * np.log2(freqs)).sum()))
+    return float(np.average(values, weights=weights)) if values else 0.0
+
+
+def probe_case(model: nn.Module, tokenizer: PreTrainedTokenizerBase, case: EditCase) -> dict[str, list[TargetScore]]:
+    """Every teacher-forced score a case needs, in one batched pass."""
+    req = case.request
+    groups: dict[str, list[tuple[str, str]]] = {
+        "rel_new": [(req.text, req.target_new)],
+        "rel_true": [(req.text, req.target_true)] if req.target_true else [],
+        "gen_new": [(p, req.target_new) for p in case.paraphrases],
+        "gen_true": [(p, req.target_true) for p in case.paraphrases] if req.target_true else [],
+        "loc": case.locality,
+        "loc_new": [(p, req.target_new) for p, _ in case.locality],
+        "same": case.same_subject,
+        "port": case.portability,
+    }
+    flat = [(name, p, t) for name, pairs in groups.items() for p, t in pairs]
+    scores = target_logprobs(model, tokenizer, [p for _, p, _ in flat], [t for _, _, t in flat])
+    out: dict[str, list[TargetScore]] = {name: [] for name in groups}
+    for (name, _, _), score in zip(flat, scores):
+        out[name].append(score)
+    return out
+
+
+def chat_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, case: EditCase,
+                 chat_prompt: Callable[[str], str] | None, strip: Callable[[str], str]) -> float | None:
+    """Share of the case's questions whose greedy chat answer contains the new target."""
+    if chat_prompt is None or not case.questions:
+        return None
+    hits = []
+    for question in case.questions:
+        answer = strip(greedy_completion(model, tokenizer, chat_prompt(question), 24))
+        hits.append(case.request.target_new.lower() in answer.lower())
+    return float(np.mean(hits))
+
+
+def case_metrics(before: dict[str, list[TargetScore]], after: dict[str, list[TargetScore]]) -> dict[str, float]:
+    """The thesis's metrics and CounterFact's probability scores from pre/post probes."""
+
+    def mean(values):
+        values = list(values)
+        return float(np.mean(values)) if values else math.nan
+
+    m = {
+        "reliability": mean(token_accuracy(s) for s in after["rel_new"]),
+        "generalization": mean(token_accuracy(s) for s in after["gen_new"]),
+        "locality": mean(unchanged_share(b, a) for b, a in zip(before["loc"], after["loc"])),
+        "same_subject_locality": mean(unchanged_share(b, a) for b, a in zip(before["same"], after["same"])),
+        "portability": mean(token_accuracy(s) for s in after["port"]),
+    }
+    if after["rel_true"]:
+        m["efficacy"] = float(after["rel_new"][0].mean_logp > after["rel_true"][0].mean_logp)
+        m["paraphrase"] = mean(n.mean_logp > t.mean_logp for n, t in zip(after["gen_new"], after["gen_true"]))
+        m["neighborhood"] = mean(t.mean_logp > n.mean_logp for t, n in zip(after["loc"], after["loc_new"]))
+    return m
+
+
+def summarize(values: list[float]) -> tuple[float, float, int]:
+    """Mean and the half-width of its 95% confidence interval (normal approximation)."""
+    xs = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if len(xs) == 0:
+        return math.nan, math.nan, 0
+    half = 1.96 * xs.std(ddof=1) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
+    return float(xs.mean()), float(half), len(xs)

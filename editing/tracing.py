@@ -1,0 +1,166 @@
+"""Causal tracing (Meng et al., 2022, §2.1): where does the model keep a fact?
+
+1. clean run: P_clean(o) for the answer token o;
+2. corrupted runs: Gaussian noise with σ = 3 × the std of the token embeddings is added to the
+   subject's embeddings (several seeded samples, averaged): P_corrupted(o);
+3. corrupted-with-restoration: one (token, layer) state is set back to its clean value.
+   Indirect effect = P_restored(o) − P_corrupted(o).
+Kinds: the residual stream (a layer's output), MLP outputs and attention outputs; MLP and
+attention restore a window of ``window`` layers centred on the layer, as in the paper.
+
+Batched: for each layer, every token's restoration (× noise samples) runs in one forward pass.
+This module computes; ``editing.plots`` draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from editing.forward import final_logits
+from editing.hooks import TraceDict
+from editing.request import continuation
+from editing.spec import ModelSpec, spec_for
+from editing.tokens import encode
+
+KINDS = ("hidden", "mlp", "attn")
+
+
+@dataclass
+class TraceResult:
+    prompt: str
+    tokens: list[str]
+    subject_range: tuple[int, int]  # [start, end) token indices of the subject
+    layers: list[int]
+    answer: str
+    p_clean: float
+    p_corrupted: float
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # kind -> (tokens, layers) P_restored
+    noise_scale: float = 0.0
+    samples: int = 0
+
+    def effect(self, kind: str) -> np.ndarray:
+        """Indirect effect per (token, layer)."""
+        return self.scores[kind] - self.p_corrupted
+
+
+def subject_range(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -> tuple[int, int]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offset = len(encode(tokenizer, text)) - len(enc.input_ids)
+    start_char = text.find(subject)
+    if start_char < 0:
+        raise ValueError(f"subject {subject!r} not in {text!r}")
+    end_char = start_char + len(subject)
+    inside = [i for i, (a, b) in enumerate(enc.offset_mapping) if a < end_char and b > start_char]
+    return offset + inside[0], offset + inside[-1] + 1
+
+
+@torch.no_grad()
+def causal_trace(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    subject: str,
+    target: str | None = None,
+    *,
+    kinds: tuple[str, ...] = KINDS,
+    samples: int = 3,
+    window: int = 10,
+    noise_factor: float = 3.0,
+    seed: int = 0,
+    spec: ModelSpec | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> TraceResult:
+    spec = spec or spec_for(model)
+    device = next(model.parameters()).device
+    depth = len(model.get_submodule(spec.layers))
+    ids = encode(tokenizer, prompt)
+    n_tok = len(ids)
+    start, end = subject_range(tokenizer, prompt, subject)
+    x = torch.tensor([ids], device=device)
+
+    def last_probs(logits_fn_inputs: torch.Tensor, trace_paths: list[str], edit=None) -> torch.Tensor:
+        """P(answer) at the last position for a batch, with hooks; returns (batch,)."""
+        with TraceDict(model, [*trace_paths, spec.layer(depth - 1)], edit_output=edit) as tr:
+            model(input_ids=logits_fn_inputs, use_cache=False)
+            hidden = tr[spec.layer(depth - 1)].output[:, -1]
+        return final_logits(model, spec, hidden).float().softmax(-1)
+
+    # -- clean run: the answer, and every state we may restore
+    paths = {"hidden": [spec.layer(i) for i in range(depth)], "mlp": [spec.mlp_at(i) for i in range(depth)],
+             "attn": [spec.attn_at(i) for i in range(depth)]}
+    all_paths = [p for k in kinds for p in paths[k]]
+    with TraceDict(model, all_paths) as clean_trace:
+        clean_probs = last_probs(x, [])
+    clean = {p: clean_trace[p].output[0] for p in all_paths}  # (tokens, d)
+    if target:
+        answer_id = tokenizer(continuation(prompt, target), add_special_tokens=False).input_ids[0]
+    else:
+        answer_id = int(clean_probs[0].argmax())
+    p_clean = float(clean_probs[0, answer_id])
+
+    # -- the noise: σ = noise_factor × std of the token embedding matrix, fixed per sample
+    embed = model.get_submodule(spec.embed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    scale = noise_factor * float(embed.weight.float().std())
+    d_model = embed.weight.shape[1]
+    noise = torch.randn(samples, end - start, d_model, generator=generator).to(device) * scale
+
+    def corrupt(output: torch.Tensor, path: str, restore=None) -> torch.Tensor:
+        # output: (rows, tokens, d); rows = restorations × samples, sample = row % samples
+        if path == spec.embed:
+            output = output.clone()
+            rows = output.shape[0]
+            output[:, start:end] += noise.repeat(rows // samples, 1, 1).to(output.dtype)
+            return output
+        return restore(output, path) if restore else output
+
+    with TraceDict(model, [spec.embed], edit_output=lambda o, p: corrupt(o, p)):
+        corrupted = last_probs(x.repeat(samples, 1), [])
+    p_corrupted = float(corrupted[:, answer_id].mean())
+
+    scores: dict[str, np.ndarray] = {}
+    total = len(kinds) * depth
+    batch = x.repeat(n_tok * samples, 1)  # row r restores token r // samples
+    token_of_row = torch.arange(n_tok * samples, device=device) // samples
+    for k_index, kind in enumerate(kinds):
+        grid = np.zeros((n_tok, depth))
+        for layer in range(depth):
+            if kind == "hidden":
+                restored_paths = [spec.layer(layer)]
+            else:
+                lo, hi = max(0, layer - window // 2), min(depth, layer - window // 2 + window)
+                restored_paths = [paths[kind][j] for j in range(lo, hi)]
+
+            def edit(output: torch.Tensor, path: str, restored=tuple(restored_paths)) -> torch.Tensor:
+                if path == spec.embed:
+                    return corrupt(output, path)
+                if path in restored:
+                    output = output.clone()
+                    rows = torch.arange(output.shape[0], device=device)
+                    output[rows, token_of_row] = clean[path][token_of_row].to(output.dtype)
+                return output
+
+            with TraceDict(model, [spec.embed, *restored_paths], edit_output=edit, retain_output=False):
+                probs = last_probs(batch, [])
+            grid[:, layer] = probs[:, answer_id].reshape(n_tok, samples).mean(-1).cpu().numpy()
+            if progress:
+                progress(kind, k_index * depth + layer + 1, total)
+        scores[kind] = grid
+    return TraceResult(
+        prompt=prompt,
+        tokens=[tokenizer.decode([t]) for t in ids],
+        subject_range=(start, end),
+        layers=list(range(depth)),
+        answer=tokenizer.decode([answer_id]),
+        p_clean=p_clean,
+        p_corrupted=p_corrupted,
+        scores=scores,
+        noise_scale=scale,
+        samples=samples,
+    )
