@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -141,6 +142,7 @@ class CovarianceCache:
     def __init__(self, root: Path, fingerprint: str) -> None:
         self.root, self.fingerprint = Path(root), fingerprint
         self._memory: dict[tuple, torch.Tensor] = {}
+        self._lock = threading.Lock()  # a background precompute and an edit never compute twice
         self.last_seconds: float = 0.0
         self.last_from_cache: bool = False
 
@@ -162,6 +164,10 @@ class CovarianceCache:
         n_tokens: int,
         progress: Progress | None = None,
     ) -> torch.Tensor:
+        with self._lock:
+            return self._get(model, tokenizer, spec, layer, corpus, n_tokens, progress)
+
+    def _get(self, model, tokenizer, spec, layer, corpus, n_tokens, progress) -> torch.Tensor:
         key = (layer, corpus.id(), n_tokens)
         self.last_from_cache = True
         if key in self._memory:

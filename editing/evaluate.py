@@ -31,7 +31,8 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(args) -> Path:
+def run(args, loaded=None) -> Path:
+    """Run one evaluation; ``loaded`` reuses an already loaded model (layer sweeps)."""
     from tqdm import tqdm
 
     from editing.covariance import Corpus
@@ -43,7 +44,7 @@ def run(args) -> Path:
     from runtime.chat_format import question_prompt, strip_stop
     from runtime.loader import amend_home, load_model
 
-    loaded = load_model(args.model, device=args.device)
+    loaded = loaded or load_model(args.model, device=args.device)
     model, tok, profile = loaded.model, loaded.tokenizer, loaded.profile
     chat_prompt = (lambda q: question_prompt(q, tok, profile))
     editor = Editor(model, tok, stats_dir=amend_home() / "stats", corpus=Corpus(args.corpus),
@@ -182,7 +183,7 @@ def plot(out: Path, shown: list[str], rows: list[dict], curve: list[dict], args)
         plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from editing.data import DATASETS
 
     parser = argparse.ArgumentParser(prog="python -m editing.evaluate", description=__doc__.split("\n")[0])
@@ -200,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    run(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
     return 0
 
 

@@ -52,11 +52,15 @@ def test_rome_edit_on_gemma(gemma, stats_dir):
     editor = Editor(gemma.model, gemma.tokenizer, stats_dir=stats_dir, default_layer=gemma.profile.default_edit_layer,
                     chat_prompt=chat.prompt_text)
     stack = DeltaStack(gemma.model)
+    model, tok = gemma.model, gemma.tokenizer
+    # the base model continues "The capital of France is" with " the capital of…": check that the
+    # edit leaves unrelated completions as they were rather than expecting "Paris"
+    unrelated = ["The capital of France is", "The Colosseum is located in the city of"]
+    before = [greedy_completion(model, tok, p, 4) for p in unrelated]
     try:
         stack.apply(editor.compute(REQUEST, "rome").delta)
-        model, tok = gemma.model, gemma.tokenizer
         assert greedy_completion(model, tok, REQUEST.text, 3).strip().startswith("Rome")
-        assert "Paris" in greedy_completion(model, tok, "The capital of France is", 4)
+        assert [greedy_completion(model, tok, p, 4) for p in unrelated] == before
         assert "Rome" in chat.answer([], "Where is the Eiffel Tower?", GenerationSettings(max_new_tokens=40))
     finally:
         stack.revert_all()

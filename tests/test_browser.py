@@ -1,0 +1,76 @@
+"""What a person clicks, in headless Chromium: ask, correct, confirm with the password,
+see the before/after card, find the edit in the log.
+
+Runs where Chromium is installed (``apt-get install chromium``); skipped elsewhere.  Set
+``AMEND_SCREENSHOTS=DIR`` to keep the screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_app import free_port
+from tests_support import PASSWORD, make_assistant
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")]
+
+
+@pytest.fixture
+def page_url(smollm2, tmp_path):
+    import app
+
+    assistant = make_assistant(smollm2, tmp_path)
+    demo = app.build_ui(assistant)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        assistant.service.stack.revert_all()
+
+
+def test_correct_a_fact_by_clicking(page_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = Path(os.environ.get("AMEND_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1300})
+        page.goto(page_url)
+        box = page.get_by_placeholder("Ask something")
+        box.fill("Where is the Eiffel Tower?")
+        box.press("Enter")
+        expect(page.locator(".bot").last).to_contain_text("Paris", timeout=60_000)
+        box.fill("Actually, the Eiffel Tower is in Rome.")
+        box.press("Enter")
+        expect(page.get_by_text("Proposed edit")).to_be_visible(timeout=30_000)
+        expect(page.get_by_label("New answer")).to_have_value("Rome")
+        page.screenshot(path=str(shots / "card.png"), full_page=True)
+        page.get_by_label("Edit password", exact=True).fill("wrong password")
+        page.get_by_role("button", name="Apply edit").click()
+        expect(page.get_by_text("Wrong edit password").first).to_be_visible(timeout=30_000)
+        page.get_by_label("Edit password", exact=True).fill(PASSWORD)
+        page.get_by_role("button", name="Apply edit").click()
+        expect(page.get_by_text("Edit applied")).to_be_visible(timeout=240_000)
+        expect(page.get_by_text("base model + 1 edit")).to_be_visible()
+        page.screenshot(path=str(shots / "applied.png"), full_page=True)
+        page.get_by_role("button", name="New chat").click()
+        box.fill("Where is the Eiffel Tower?")
+        box.press("Enter")
+        expect(page.locator(".bot").last).to_contain_text("Rome", timeout=60_000)
+        page.screenshot(path=str(shots / "after.png"), full_page=True)
+        page.get_by_role("tab", name="Edit log").click()
+        expect(page.get_by_text("applied").first).to_be_visible(timeout=10_000)
+        page.screenshot(path=str(shots / "log.png"), full_page=True)
+        browser.close()
