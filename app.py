@@ -83,6 +83,7 @@ def build_assistant(settings: Settings):
     edit_log, passwords = open_log(settings)
     service = EditService(loaded, editor, edit_log, passwords, settings.state_dir / "deltas", lock=lock, chat=chat,
                           default_method=settings.method)
+    _precompute_statistics(editor)
     problems = service.replay() if settings.replay else []
     use_llm = settings.intent == "llm" or (settings.intent == "auto" and settings.model not in BUILTIN_PROFILES)
     generate = None
@@ -90,6 +91,30 @@ def build_assistant(settings: Settings):
         def generate(prompt: str) -> str:
             return chat.complete(prompt, GenerationSettings(max_new_tokens=96))
     return Assistant(chat, IntentAgent(generate), service, settings.home / "checkpoints", problems)
+
+
+def _precompute_statistics(editor) -> None:
+    """Compute the default layer's key statistics in the background on a first run (≈2–5
+    minutes on a CPU), so the first edit does not wait for them; later runs read the cache."""
+    import threading
+
+    from editing.hparams import ROMEHyperParams
+
+    n_tokens = ROMEHyperParams().mom2_n_tokens
+    if editor.covariance.path(editor.default_layer, editor.corpus, n_tokens).exists():
+        return
+
+    def work() -> None:
+        # No model lock: holding the read lock this long would stall chat behind a waiting
+        # edit; an edit's ROME step waits for these statistics on the cache's own lock anyway.
+        try:
+            editor.statistics(editor.default_layer, n_tokens)
+            log.info("key statistics for layer %d ready", editor.default_layer)
+        except Exception:  # noqa: BLE001 - the first edit will compute (and report) them instead
+            log.exception("background statistics failed")
+
+    log.info("computing key statistics for layer %d in the background (first run only)", editor.default_layer)
+    threading.Thread(target=work, name="statistics", daemon=True).start()
 
 
 # -- the page -----------------------------------------------------------------------------------
@@ -124,13 +149,15 @@ def build_ui(assistant):
         settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
         session = session_of(request)
         turn = None
+        box = ""  # clear the textbox once; later yields leave alone what the person types meanwhile
         for turn in assistant.chat_stream(session, message, settings):
-            yield turn.history, "", turn.notice or "", None, hidden, "", "", "", "", ""
+            yield turn.history, box, turn.notice or "", None, hidden, "", "", "", "", ""
+            box = gr.skip()
         if turn is None:
             return
         if turn.proposal is not None:
             p = turn.proposal
-            yield (turn.history, "", turn.notice or "", p.model_dump(mode="json"), shown, p.id,
+            yield (turn.history, box, turn.notice or "", p.model_dump(mode="json"), shown, p.id,
                    p.proposal.subject, p.proposal.prompt, p.proposal.target_new, p.proposal.target_old or "")
 
     def clean_ui(request: gr.Request):
@@ -296,7 +323,7 @@ def build_ui(assistant):
                     refresh = gr.Button("Refresh")
                 table = gr.Dataframe(headers=LOG_COLUMNS, value=log_rows(), interactive=False, wrap=True)
                 with gr.Row():
-                    edit_id = gr.Number(label="Edit id", precision=0)
+                    edit_id = gr.Number(value=None, label="Edit id (click a row)", precision=0)
                     log_password = gr.Textbox(type="password", label="Edit password")
                     revert_btn = gr.Button("Revert edit")
                     save_btn = gr.Button("Save checkpoint")
@@ -327,9 +354,11 @@ def build_ui(assistant):
                 lens_image = gr.Image(label="Logit lens", type="filepath")
 
         chat_outputs = [chatbot, msg, notice, proposal_json, card, pid, subject, prompt, target_new, target_old]
-        send.click(chat_ui, [msg, temperature, max_new_tokens], chat_outputs, api_name="chat")
+        # a message sent while an answer streams runs right after it instead of being dropped
+        send.click(chat_ui, [msg, temperature, max_new_tokens], chat_outputs, api_name="chat",
+                   trigger_mode="always_last")
         msg.submit(chat_ui, [msg, temperature, max_new_tokens], chat_outputs, api_name="chat_submit",
-                   api_visibility="private")
+                   api_visibility="private", trigger_mode="always_last")
         stop.click(stop_ui, None, None, api_name="stop", queue=False)
         new_chat.click(clean_ui, None, [chatbot, notice, proposal_json, card], api_name="clean")
         apply_btn.click(apply_ui, [pid, password, subject, prompt, target_new, method, layer, auto_layer],

@@ -73,7 +73,7 @@ def compute_ft_delta(
             losses.append(loss.item())
             target_prob = per_row.detach().exp().mean().item()
             report("optimising", step + 1, hparams.steps, losses[-1])
-            if losses[-1] < hparams.stop_loss:
+            if losses[-1] < hparams.stop_loss or (hparams.stop_when_predicted and objective.all_predicted):
                 break
             loss.backward()
             optimizer.step()

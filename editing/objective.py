@@ -86,6 +86,7 @@ class Objective:
         )
         self.subject_mask: torch.Tensor | None = None  # of the bucket being run, for the caller's hook
         self.batch = None
+        self.all_predicted = False  # after a call: every target token is the argmax (teacher forcing)
 
     @torch.no_grad()
     def subject_keys(self, path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,6 +112,7 @@ class Objective:
         """(mean log P(target) per rewrite row (n_rewrite,), log-distributions of KL rows (n_kl, vocab))."""
         per_row = torch.zeros(self.n_rewrite, device=self.device)
         kl_logp = None
+        predicted = True
         for b in self.buckets:
             self.subject_mask, self.batch = b.subject_mask, b.batch
             hidden = b.stack.hidden()  # (bucket rows, seq, d)
@@ -118,9 +120,11 @@ class Objective:
                 logp = final_logits(self.model, self.spec, hidden[b.t_local, b.t_pos]).float().log_softmax(-1)
                 token_logp = logp.gather(1, b.t_ids[:, None]).squeeze(1)
                 per_row = per_row.index_add(0, b.t_global, token_logp)
+                predicted = predicted and bool((logp.argmax(-1) == b.t_ids).all())
             if len(b.k_local):
                 logp = final_logits(self.model, self.spec, hidden[b.k_local, b.k_pos]).float().log_softmax(-1)
                 if kl_logp is None:
                     kl_logp = torch.zeros(self.n_kl, logp.shape[-1], device=self.device)
                 kl_logp = kl_logp.index_copy(0, b.k_global, logp)
+        self.all_predicted = predicted
         return per_row / self.counts, kl_logp

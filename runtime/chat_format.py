@@ -58,23 +58,6 @@ def strip_stop(text: str, profile: ModelProfile) -> str:
     return text[:cut].strip()
 
 
-class StopOnStrings(StoppingCriteria):
-    """Stop when the decoded tail of the answer contains a stop string.
-
-    Decodes only the last few tokens per step: ``generate(stop_strings=...)`` builds a
-    vocabulary-wide table and costs ~2 s per call on a 262k vocabulary.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str], prompt_len: int,
-                 window: int = 8) -> None:
-        self.tokenizer, self.stops, self.prompt_len, self.window = tokenizer, tuple(stops), prompt_len, window
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        tail = input_ids[:, max(self.prompt_len, input_ids.shape[1] - self.window):]
-        done = [any(s in self.tokenizer.decode(row) for s in self.stops) for row in tail]
-        return torch.tensor(done, device=input_ids.device)
-
-
 class StopOnEvent(StoppingCriteria):
     """Stop when a threading.Event is set (the Stop button)."""
 

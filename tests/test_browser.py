@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from test_app import free_port
 from tests_support import PASSWORD, make_assistant
 
@@ -54,7 +53,10 @@ def test_correct_a_fact_by_clicking(page_url, tmp_path):
         expect(page.locator(".bot").last).to_contain_text("Paris", timeout=60_000)
         box.fill("Actually, the Eiffel Tower is in Rome.")
         box.press("Enter")
-        expect(page.get_by_text("Proposed edit")).to_be_visible(timeout=30_000)
+        try:
+            expect(page.get_by_text("Proposed edit")).to_be_visible(timeout=30_000)
+        finally:
+            page.screenshot(path=str(shots / "debug.png"), full_page=True)
         expect(page.get_by_label("New answer")).to_have_value("Rome")
         page.screenshot(path=str(shots / "card.png"), full_page=True)
         page.get_by_label("Edit password", exact=True).fill("wrong password")
@@ -71,6 +73,7 @@ def test_correct_a_fact_by_clicking(page_url, tmp_path):
         expect(page.locator(".bot").last).to_contain_text("Rome", timeout=60_000)
         page.screenshot(path=str(shots / "after.png"), full_page=True)
         page.get_by_role("tab", name="Edit log").click()
-        expect(page.get_by_text("applied").first).to_be_visible(timeout=10_000)
+        expect(page.get_by_text("applied", exact=True).filter(visible=True).first).to_be_visible(timeout=10_000)
+        expect(page.get_by_text("Eiffel Tower", exact=True).filter(visible=True).first).to_be_visible()
         page.screenshot(path=str(shots / "log.png"), full_page=True)
         browser.close()

@@ -44,3 +44,24 @@ def test_profiles(smollm2):
     assert smollm2.model.config.model_type == "llama"  # the production model's class
     assert smollm2.profile.chat_format == "template"
     assert smollm2.dtype == torch.float32 and smollm2.device.type == "cpu"
+
+
+def test_llama3_profile_stops_on_both_end_ids():
+    from runtime.profiles import profile_for
+
+    vocab = {"<|end_of_text|>": 128001, "<|eot_id|>": 128009, "hello": 5}
+    profile = profile_for("/models/Llama3-Chinese-8B-Instruct", has_chat_template=True, vocab=vocab)
+    assert profile.chat_format == "template"
+    assert set(profile.extra_eos_tokens) == {"<|eot_id|>", "<|end_of_text|>"}
+
+
+def test_hyperparameters_reject_unknown_keys():
+    from pydantic import ValidationError
+
+    from editing.hparams import hparams_for
+
+    assert hparams_for("rome", {"v_steps": 10}).v_steps == 10
+    with pytest.raises(ValidationError):
+        hparams_for("rome", {"v_stpes": 10})
+    with pytest.raises(ValueError, match="unknown method"):
+        hparams_for("memit")
