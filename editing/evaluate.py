@@ -110,6 +110,16 @@ def _remeasure(model, tok, applied, n_edits: int) -> dict:
     return {"edits": n_edits, "reliability_all": sum(effs) / len(effs)}
 
 
+def args_line(args) -> str:
+    """The command line that reproduces ``args`` (also when called from a sweep script)."""
+    parts = [f"--data {args.data}", f"--file {args.file}", f"--method {args.method}", f"--model {args.model}"]
+    parts += [f"--n {args.n}"] if args.n else []
+    parts += [f"--layer {args.layer}"] if args.layer is not None else []
+    parts += [flag for flag, on in (("--no-covariance", args.no_covariance), ("--no-chat", args.no_chat),
+                                    ("--fluency", args.fluency), ("--sequential", args.sequential)) if on]
+    return " ".join(parts)
+
+
 def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
     from editing.metrics import summarize
 
@@ -127,7 +137,7 @@ def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
     lines = [
         f"# {args.method.upper()} on {args.data} ({len(rows)} cases, model {args.model})",
         "",
-        f"Command: `python -m editing.evaluate {' '.join(sys.argv[1:])}`",
+        f"Command: `python -m editing.evaluate {args_line(args)}`",
         f"Covariance: {'off (C = I)' if args.no_covariance else 'on'}; layer: "
         f"{args.layer if args.layer is not None else 'model default'}; "
         f"{'sequential' if args.sequential else 'single edits from the unedited weights'}.",

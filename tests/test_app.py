@@ -53,11 +53,11 @@ def test_edit_loop_through_the_api(served, smollm2):
     pid = proposal["id"]
 
     with pytest.raises(Exception, match="Wrong edit password"):
-        client.predict(pid, "wrong", "Eiffel Tower", proposal["proposal"]["prompt"], "Rome", "rome", 6,
+        client.predict(pid, "wrong", "Eiffel Tower", proposal["proposal"]["prompt"], "Rome", "rome", proposal["layer"],
                        api_name="/apply_edit")
     assert checksum(smollm2.model) == original
 
-    result = client.predict(pid, PASSWORD, "Eiffel Tower", proposal["proposal"]["prompt"], "Rome", "rome", 6,
+    result = client.predict(pid, PASSWORD, "Eiffel Tower", proposal["proposal"]["prompt"], "Rome", "rome", proposal["layer"],
                             api_name="/apply_edit")
     report = next(x for x in result if isinstance(x, dict) and "edit" in x)
     assert report["edit"]["status"] == "applied"
