@@ -34,6 +34,15 @@ def measure(alias: str) -> dict:
     settings = GenerationSettings(max_new_tokens=NEW_TOKENS)
     agent.answer([], "Hi", GenerationSettings(max_new_tokens=4))  # warm-up
     # streaming: first visible text and total tokens
+    generated = {}
+    plain_generate = loaded.model.generate
+
+    def counting_generate(*args, **kwargs):
+        out = plain_generate(*args, **kwargs)
+        generated["n"] = out.shape[1] - kwargs["input_ids"].shape[1]
+        return out
+
+    loaded.model.generate = counting_generate
     t0 = time.perf_counter()
     first = None
     text = ""
@@ -41,7 +50,10 @@ def measure(alias: str) -> dict:
         if first is None and text:
             first = time.perf_counter() - t0
     stream_s = time.perf_counter() - t0
-    n_stream = len(loaded.tokenizer(text, add_special_tokens=False).input_ids)
+    loaded.model.generate = plain_generate
+    # tokens generated, including a few-shot stop string and the token or two before it is seen
+    n_stream = generated["n"]
+    n_shown = len(loaded.tokenizer(text, add_special_tokens=False).input_ids)
     # plain generate of the same prompt and length, no streamer, no stop rules
     prepared = agent.prepare([], QUESTION, NEW_TOKENS)
     t0 = time.perf_counter()
@@ -59,6 +71,7 @@ def measure(alias: str) -> dict:
         "stream_tokens_per_s": round(n_stream / stream_s, 2),
         "plain_tokens_per_s": round(n_plain / plain_s, 2),
         "streaming_overhead_pct": round(100 * ((stream_s / n_stream) / (plain_s / n_plain) - 1), 1),
+        "tokens_after_stop": n_stream - n_shown,
         "peak_rss_mb": round(peak_rss_mb()),
     }
 
@@ -87,7 +100,7 @@ def main() -> None:
         rows.append({**conv, **row})
         print(json.dumps(rows[-1]), file=sys.stderr)
     keys = ["model", "conversion_s", "cached_start_s", "first_token_s", "stream_tokens_per_s", "plain_tokens_per_s",
-            "streaming_overhead_pct", "peak_rss_mb"]
+            "streaming_overhead_pct", "tokens_after_stop", "peak_rss_mb"]
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:

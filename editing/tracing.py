@@ -107,7 +107,10 @@ def causal_trace(
     # -- the noise: σ = noise_factor × std of the token embedding matrix, fixed per sample
     embed = model.get_submodule(spec.embed)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    scale = noise_factor * float(embed.weight.float().std())
+    # σ of what the embedding module outputs (Gemma scales its embeddings by √d inside the module)
+    vocab = embed.weight.shape[0]
+    sample_ids = torch.arange(0, vocab, max(1, vocab // 4096), device=device)
+    scale = noise_factor * float(embed(sample_ids).float().std())
     d_model = embed.weight.shape[1]
     noise = torch.randn(samples, end - start, d_model, generator=generator).to(device) * scale
 

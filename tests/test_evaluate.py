@@ -1,0 +1,72 @@
+"""Evaluation: loaders of every data format, metrics on cases with known answers, a smoke run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from editing.data import load_cases
+from editing.metrics import ngram_entropy, summarize, token_accuracy, unchanged_share
+from editing.probe import TargetScore
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+FILES = {
+    "counterfact": "counterfact-dev.json",
+    "zsre": "zsre-dev.json",
+    "zsre-samesubject": "zsre-samesubject-dev.json",
+    "zsre-zh": "zsre-zh-dev.json",
+    "cknowedit": "cknowedit-zh-dev.json",
+}
+
+
+@pytest.mark.parametrize("dataset", list(FILES))
+def test_loaders(dataset):
+    cases = load_cases(dataset, DATA / FILES[dataset], n=3)
+    assert len(cases) == 3
+    for case in cases:
+        req = case.request
+        assert req.subject in req.text and req.target_new
+        assert case.questions
+    first = cases[0]
+    if dataset == "counterfact":
+        assert first.request.target_true == "French" and first.paraphrases and first.locality
+        assert first.questions == ["What is the mother tongue of Danielle Darrieux?"]
+    if dataset == "zsre":
+        assert first.request.target_new == "Lamiinae" and first.portability and first.locality
+    if dataset == "zsre-samesubject":
+        assert first.same_subject and first.same_subject[0][1] == "genus"
+    if dataset == "zsre-zh":
+        assert first.request.language == "zh"
+
+
+def score(hits, argmax=None):
+    return TargetScore(0.0, 0.0, hits, argmax or [1] * len(hits))
+
+
+def test_metric_functions_on_known_cases():
+    assert token_accuracy(score([True, True])) == 1.0  # the target is certainly predicted
+    assert token_accuracy(score([False, False])) == 0.0  # certainly not
+    assert unchanged_share(score([True], [5, 6]), score([True], [5, 7])) == 0.5
+    mean, half, n = summarize([1.0, 1.0, 0.0, 0.0])
+    assert (mean, n) == (0.5, 4) and half == pytest.approx(1.96 * 0.57735 / 2, rel=1e-3)
+    assert ngram_entropy("a a a a a a") < ngram_entropy("the cat sat on the mat by the door")
+
+
+def test_smoke_run_rome_and_ft(tmp_path):
+    from editing.evaluate import main
+
+    for method in ("rome", "ft"):
+        out = tmp_path / method
+        main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", method,
+              "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out)])
+        rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and rows[0]["metrics"]["efficacy"] in (0.0, 1.0)
+        summary = (out / "summary.md").read_text()
+        assert "| before |" in summary and f"| {method.upper()} |" in summary
+        assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+        # resumable: a second run finds both cases done and only rewrites the summary
+        main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", method,
+              "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out)])
+        assert len((out / "cases.jsonl").read_text().splitlines()) == 2
