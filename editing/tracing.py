@@ -84,10 +84,11 @@ def causal_trace(
     start, end = subject_range(tokenizer, prompt, subject)
     x = torch.tensor([ids], device=device)
 
-    def last_probs(logits_fn_inputs: torch.Tensor, trace_paths: list[str], edit=None) -> torch.Tensor:
-        """P(answer) at the last position for a batch, with hooks; returns (batch,)."""
-        with TraceDict(model, [*trace_paths, spec.layer(depth - 1)], edit_output=edit) as tr:
-            model(input_ids=logits_fn_inputs, use_cache=False)
+    def last_probs(input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token distribution at the last position: (batch, vocab).  The vocabulary
+        projection runs on that position only."""
+        with TraceDict(model, [spec.layer(depth - 1)]) as tr:
+            model(input_ids=input_ids, use_cache=False)
             hidden = tr[spec.layer(depth - 1)].output[:, -1]
         return final_logits(model, spec, hidden).float().softmax(-1)
 
@@ -96,7 +97,7 @@ def causal_trace(
              "attn": [spec.attn_at(i) for i in range(depth)]}
     all_paths = [p for k in kinds for p in paths[k]]
     with TraceDict(model, all_paths) as clean_trace:
-        clean_probs = last_probs(x, [])
+        clean_probs = last_probs(x)
     clean = {p: clean_trace[p].output[0] for p in all_paths}  # (tokens, d)
     if target:
         answer_id = tokenizer(continuation(prompt, target), add_special_tokens=False).input_ids[0]
@@ -114,17 +115,14 @@ def causal_trace(
     d_model = embed.weight.shape[1]
     noise = torch.randn(samples, end - start, d_model, generator=generator).to(device) * scale
 
-    def corrupt(output: torch.Tensor, path: str, restore=None) -> torch.Tensor:
-        # output: (rows, tokens, d); rows = restorations × samples, sample = row % samples
-        if path == spec.embed:
-            output = output.clone()
-            rows = output.shape[0]
-            output[:, start:end] += noise.repeat(rows // samples, 1, 1).to(output.dtype)
-            return output
-        return restore(output, path) if restore else output
+    def corrupt(output: torch.Tensor) -> torch.Tensor:
+        # embeddings (rows, tokens, d); rows = restorations × samples, sample = row % samples
+        output = output.clone()
+        output[:, start:end] += noise.repeat(output.shape[0] // samples, 1, 1).to(output.dtype)
+        return output
 
-    with TraceDict(model, [spec.embed], edit_output=lambda o, p: corrupt(o, p)):
-        corrupted = last_probs(x.repeat(samples, 1), [])
+    with TraceDict(model, [spec.embed], edit_output=lambda output, _path: corrupt(output)):
+        corrupted = last_probs(x.repeat(samples, 1))
     p_corrupted = float(corrupted[:, answer_id].mean())
 
     scores: dict[str, np.ndarray] = {}
@@ -142,7 +140,7 @@ def causal_trace(
 
             def edit(output: torch.Tensor, path: str, restored=tuple(restored_paths)) -> torch.Tensor:
                 if path == spec.embed:
-                    return corrupt(output, path)
+                    return corrupt(output)
                 if path in restored:
                     output = output.clone()
                     rows = torch.arange(output.shape[0], device=device)
@@ -150,7 +148,7 @@ def causal_trace(
                 return output
 
             with TraceDict(model, [spec.embed, *restored_paths], edit_output=edit, retain_output=False):
-                probs = last_probs(batch, [])
+                probs = last_probs(batch)
             grid[:, layer] = probs[:, answer_id].reshape(n_tok, samples).mean(-1).cpu().numpy()
             if progress:
                 progress(kind, k_index * depth + layer + 1, total)
