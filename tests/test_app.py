@@ -88,3 +88,31 @@ def test_cli_unknown_model_is_one_line(capsys, tmp_path):
     code = app.main(["--model", "no-such-model", "--home", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: unknown model 'no-such-model'")
+
+
+@pytest.mark.slow
+def test_chinese_correction_on_gemma(gemma, tmp_path):
+    """爱因斯坦的专业是什么？ → 不对，爱因斯坦的专业是医学 → apply → clean → the answer says 医学."""
+    import app
+
+    assistant = make_assistant(gemma, tmp_path)
+    demo = app.build_ui(assistant)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        assert "医学" not in last_answer(client.predict("爱因斯坦的专业是什么？", api_name="/chat"))
+        out = client.predict("不对，爱因斯坦的专业是医学", api_name="/chat")
+        proposal = out[3]
+        assert proposal["proposal"]["subject"] == "爱因斯坦" and proposal["proposal"]["target_new"] == "医学"
+        p = proposal["proposal"]
+        result = client.predict(proposal["id"], PASSWORD, p["subject"], p["prompt"], p["target_new"], "rome",
+                                proposal["layer"], api_name="/apply_edit")
+        report = next(x for x in result if isinstance(x, dict) and "edit" in x)
+        assert report["edit"]["status"] == "applied"
+        client.predict(api_name="/clean")
+        assert "医学" in last_answer(client.predict("爱因斯坦的专业是什么？", api_name="/chat"))
+    finally:
+        demo.close()
+        assistant.service.stack.revert_all()
