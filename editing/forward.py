@@ -85,6 +85,7 @@ class UpperStack:
                 h.remove()
         self._calls = calls
         reference = outputs[len(self.layers) - 1]
+        self.final = reference  # the last layer's output of the recorded pass
         with torch.no_grad():
             replayed = self._replay()
         ok = torch.allclose(replayed, reference, atol=1e-4, rtol=1e-4)
@@ -93,14 +94,23 @@ class UpperStack:
         return ok
 
     def _replay(self) -> torch.Tensor:
-        args, kwargs = self._calls[0]
-        hidden = args[0] if args else kwargs["hidden_states"]
-        for offset, (args, kwargs) in enumerate(self._calls):
-            layer = self.layers[self.layer + offset]
+        return self.replay_from(self.layer, self.input_of(self.layer))
+
+    def input_of(self, layer: int) -> torch.Tensor:
+        """The recorded hidden states entering ``layer`` (a layer at or above the first one)."""
+        args, kwargs = self._calls[layer - self.layer]
+        return args[0] if args else kwargs["hidden_states"]
+
+    def replay_from(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Run layers ``layer..L-1`` on ``hidden`` with the recorded masks and positions
+        (``layer == L`` returns ``hidden`` unchanged)."""
+        for offset in range(layer - self.layer, len(self._calls)):
+            args, kwargs = self._calls[offset]
+            layer_module = self.layers[self.layer + offset]
             if args:
-                out = layer(hidden, *args[1:], **kwargs)
+                out = layer_module(hidden, *args[1:], **kwargs)
             else:
-                out = layer(**{**kwargs, "hidden_states": hidden})
+                out = layer_module(**{**kwargs, "hidden_states": hidden})
             hidden = _first(out)
         return hidden
 

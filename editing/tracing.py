@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.forward import final_logits
+from editing.forward import UpperStack, final_logits
 from editing.hooks import TraceDict
 from editing.request import continuation
 from editing.spec import ModelSpec, spec_for
@@ -129,26 +129,35 @@ def causal_trace(
     total = len(kinds) * depth
     batch = x.repeat(n_tok * samples, 1)  # row r restores token r // samples
     token_of_row = torch.arange(n_tok * samples, device=device) // samples
+    rows = torch.arange(n_tok * samples, device=device)
+    # Record the corrupted pass once; each restoration then replays only the layers from the
+    # first restored one upward (nothing below it differs from the corrupted run).
+    with TraceDict(model, [spec.embed], edit_output=lambda output, _path: corrupt(output)):
+        stack = UpperStack(model, spec, 0, batch, torch.ones_like(batch))
+
+    def restore(output: torch.Tensor, path: str) -> torch.Tensor:
+        output = output.clone()
+        output[rows, token_of_row] = clean[path][token_of_row].to(output.dtype)
+        return output
+
     for k_index, kind in enumerate(kinds):
         grid = np.zeros((n_tok, depth))
         for layer in range(depth):
             if kind == "hidden":
-                restored_paths = [spec.layer(layer)]
+                first, restored_paths = layer, [spec.layer(layer)]
             else:
-                lo, hi = max(0, layer - window // 2), min(depth, layer - window // 2 + window)
-                restored_paths = [paths[kind][j] for j in range(lo, hi)]
-
-            def edit(output: torch.Tensor, path: str, restored=tuple(restored_paths)) -> torch.Tensor:
-                if path == spec.embed:
-                    return corrupt(output)
-                if path in restored:
-                    output = output.clone()
-                    rows = torch.arange(output.shape[0], device=device)
-                    output[rows, token_of_row] = clean[path][token_of_row].to(output.dtype)
-                return output
-
-            with TraceDict(model, [spec.embed, *restored_paths], edit_output=edit, retain_output=False):
-                probs = last_probs(batch)
+                first = max(0, layer - window // 2)
+                last = min(depth, layer - window // 2 + window)  # the window is centred on the layer
+                restored_paths = [paths[kind][j] for j in range(first, last)]
+            with TraceDict(model, restored_paths, edit_output=restore, retain_output=False):
+                if stack.fast:
+                    hidden = stack.replay_from(first, stack.input_of(first))[:, -1]
+                else:
+                    with TraceDict(model, [spec.embed], edit_output=lambda output, _path: corrupt(output)):
+                        hidden = None
+                        probs = last_probs(batch)
+            if hidden is not None:
+                probs = final_logits(model, spec, hidden).float().softmax(-1)
             grid[:, layer] = probs[:, answer_id].reshape(n_tok, samples).mean(-1).cpu().numpy()
             if progress:
                 progress(kind, k_index * depth + layer + 1, total)
