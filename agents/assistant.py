@@ -93,6 +93,12 @@ class Assistant:
     def stop(self, session: str) -> None:
         self.sessions.get(session).stop_event.set()
 
+    def stop_all(self) -> None:
+        """Stop every session's generation and wait until none is running (shutdown)."""
+        self.sessions.stop_all()
+        with self.service.lock.write():
+            pass
+
     def clean(self, session: str) -> str:
         self.sessions.get(session).clear()
         return CLEARED_NOTICE["en"]

@@ -61,6 +61,11 @@ class SessionStore:
         with self._lock:
             return self._sessions.setdefault(session_id, ChatSession())
 
+    def stop_all(self) -> None:
+        with self._lock:
+            for session in self._sessions.values():
+                session.stop_event.set()
+
 
 @dataclass
 class PreparedPrompt:

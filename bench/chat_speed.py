@@ -90,7 +90,7 @@ def main() -> None:
         fn = measure if sys.argv[1] == "--measure" else convert
         print(json.dumps(fn(sys.argv[2])))
         return
-    from bench.common import run_child
+    from bench.common import markdown_table, run_child
 
     rows = []
     for alias in ("smollm2", "gemma3-270m"):
@@ -101,10 +101,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr)
     keys = ["model", "conversion_s", "cached_start_s", "first_token_s", "stream_tokens_per_s", "plain_tokens_per_s",
             "streaming_overhead_pct", "tokens_after_stop", "peak_rss_mb"]
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+    print(markdown_table(rows, keys))
 
 
 if __name__ == "__main__":

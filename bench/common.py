@@ -25,3 +25,9 @@ def run_child(module: str, *args: str, env: dict | None = None) -> dict:
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{module} {args} failed:\n{out.stderr[-2000:]}")
     return json.loads(lines[-1])
+
+
+def markdown_table(rows: list[dict], keys: list[str]) -> str:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)

@@ -96,15 +96,11 @@ def main() -> None:
     if args[:1] == ["--gpu"]:
         print(json.dumps(gpu()))
         return
-    from bench.common import run_child
+    from bench.common import markdown_table, run_child
 
     n = int(args[args.index("--n") + 1]) if "--n" in args else 5
     rows = [run_child("bench.edit_speed", "--measure", alias, str(n)) for alias in ("smollm2", "gemma3-270m")]
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+    print(markdown_table(rows, list(rows[0])))
 
 
 if __name__ == "__main__":

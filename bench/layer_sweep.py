@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--out", default="out/sweep")
     args = parser.parse_args()
 
+    from bench.common import markdown_table
     from editing.evaluate import build_parser, run
     from editing.metrics import summarize
     from runtime.loader import load_model
@@ -43,10 +44,7 @@ def main() -> None:
         table.append({"layer": layer, **{k: round(v, 3) for k, v in means.items()}, "s_per_edit": seconds})
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"{args.model}-{args.method}.json").write_text(json.dumps(table, indent=2))
-    keys = ["layer", *KEYS, "s_per_edit"]
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for row in table:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+    print(markdown_table(table, ["layer", *KEYS, "s_per_edit"]))
     plot(table, Path(args.out) / f"{args.model}-{args.method}.png", args.model)
 
 

@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from gradio_client import Client
 from test_service import checksum
-from tests_support import PASSWORD, make_assistant
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests_support import PASSWORD, make_assistant, served_app
 
 
 @pytest.fixture
 def served(smollm2, tmp_path):
-    import app
-
     assistant = make_assistant(smollm2, tmp_path)
-    demo = app.build_ui(assistant)
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield assistant, Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
-        assistant.service.stack.revert_all()
+    with served_app(assistant) as url:
+        yield assistant, Client(url, verbose=False)
 
 
 def last_answer(chat_output) -> str:
@@ -93,15 +76,9 @@ def test_cli_unknown_model_is_one_line(capsys, tmp_path):
 @pytest.mark.slow
 def test_chinese_correction_on_gemma(gemma, tmp_path):
     """爱因斯坦的专业是什么？ → 不对，爱因斯坦的专业是医学 → apply → clean → the answer says 医学."""
-    import app
-
     assistant = make_assistant(gemma, tmp_path)
-    demo = app.build_ui(assistant)
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with served_app(assistant) as url:
+        client = Client(url, verbose=False)
         assert "医学" not in last_answer(client.predict("爱因斯坦的专业是什么？", api_name="/chat"))
         out = client.predict("不对，爱因斯坦的专业是医学", api_name="/chat")
         proposal = out[3]
@@ -113,6 +90,3 @@ def test_chinese_correction_on_gemma(gemma, tmp_path):
         assert report["edit"]["status"] == "applied"
         client.predict(api_name="/clean")
         assert "医学" in last_answer(client.predict("爱因斯坦的专业是什么？", api_name="/chat"))
-    finally:
-        demo.close()
-        assistant.service.stack.revert_all()

@@ -12,8 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_app import free_port
-from tests_support import PASSWORD, make_assistant
+from tests_support import PASSWORD, make_assistant, served_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser,
@@ -22,18 +21,8 @@ pytestmark = [pytest.mark.browser,
 
 @pytest.fixture
 def page_url(smollm2, tmp_path):
-    import app
-
-    assistant = make_assistant(smollm2, tmp_path)
-    demo = app.build_ui(assistant)
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-        assistant.service.stack.revert_all()
+    with served_app(make_assistant(smollm2, tmp_path)) as url:
+        yield url
 
 
 def test_correct_a_fact_by_clicking(page_url, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from agents.assistant import Assistant
@@ -29,3 +31,28 @@ def make_assistant(loaded: LoadedModel, tmp_path: Path, *, password: str | None 
         passwords.set(password)
     service = EditService(loaded, editor, log, passwords, tmp_path / "deltas", lock=lock, chat=chat, hparams=hparams)
     return Assistant(chat, IntentAgent(), service, tmp_path / "checkpoints")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served_app(assistant: Assistant) -> Iterator[str]:
+    """The Gradio app on a free local port; yields its URL, closes it and reverts every edit."""
+    import app
+
+    demo = app.build_ui(assistant)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        assistant.stop_all()  # an answer still streaming must not outlive the test
+        demo.close()
+        assistant.service.stack.revert_all()
