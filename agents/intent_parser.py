@@ -173,11 +173,11 @@ def parse_english(message: str, previous_answer: str | None) -> ParsedFact | Non
     if value.lower() in {"wrong", "incorrect", "not right", "not true", "false"}:
         return None
     if old is None and previous_answer:
-        old = _old_from_answer(previous_answer, prompt, subject)
+        old = _old_from_answer(previous_answer, subject)
     return ParsedFact(subject, prompt, value, old, "en")
 
 
-def _old_from_answer(answer: str, prompt: str, subject: str) -> str | None:
+def _old_from_answer(answer: str, subject: str) -> str | None:
     statement = _first_statement(answer)
     if statement and statement.subject.lower() == subject.lower():
         return statement.target_new
@@ -243,20 +243,16 @@ def parse_chinese(message: str, previous_answer: str | None) -> ParsedFact | Non
     # "不是W，是Z" / "应该是Z": no subject of its own
     m = re.match(r"^(?:不是(?P<old>[^，,]+)[，,]\s*)?(?:而)?(?:应该|应当|其实)?是(?P<new>.+)$", body)
     if m:
-        return _from_previous_zh(previous_answer, _clean(m.group("new")), old or (m.group("old") and _clean(m.group("old"))))
+        return _from_previous(previous_answer, _clean(m.group("new")), old or (m.group("old") and _clean(m.group("old"))))
     statement = _zh_statement(body)
     if statement is None:
         return None
     subject, prompt, value = statement
     if subject in {"它", "他", "她", "这", "那", "答案", "正确答案"}:
-        return _from_previous_zh(previous_answer, value, old)
+        return _from_previous(previous_answer, value, old)
     if old is None and previous_answer:
-        old = _old_from_answer(previous_answer, prompt, subject)
+        old = _old_from_answer(previous_answer, subject)
     return ParsedFact(subject, prompt, value, old, "zh")
-
-
-def _from_previous_zh(previous_answer: str | None, value: str, old: str | None) -> ParsedFact | None:
-    return _from_previous(previous_answer, value, old)
 
 
 def parse_correction(message: str, previous_answer: str | None = None) -> ParsedFact | None:
