@@ -38,7 +38,8 @@ class ROMEHyperParams(_Strict):
     # "r-rome" (Gupta et al. 2024): one key k* everywhere; "original": the numerator's key
     # is the bare prompt's while the denominator's is the averaged one (collapses when sequential).
     update_rule: Literal["r-rome", "original"] = "r-rome"
-    fast_upper_layers: bool = True  # replay only the layers from the edit layer upward
+    # run each step only from the subject's last token on (prefix in a KV cache); False: whole rows
+    fast_upper_layers: bool = True
 
 
 class FTHyperParams(_Strict):

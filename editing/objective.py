@@ -1,50 +1,55 @@
-"""The teacher-forced objective ROME and FT optimise, computed on length buckets.
+"""The teacher-forced objective ROME and FT optimise.
 
-Rows of very different lengths (short prefixed prompts, one long chat-template prompt) are
-grouped so that padding stays small; each bucket keeps its own ``UpperStack`` (hidden states
-entering the edit layer recorded once).  A hook installed by the caller reads
-``objective.subject_mask`` to know where the subject's last tokens are in the bucket being run.
+With ``from_subject`` (ROME: only the subject's last token changes) all rows run in one
+packed pass from their first subject end on (``SuffixStack``).  Otherwise (FT, or where the
+model does not allow that) rows are grouped in length buckets so that padding stays small,
+and each bucket replays the layers from the edit layer up (``UpperStack``).  A hook
+installed by the caller reads ``objective.subject_mask`` to know where the subject's last
+tokens are in the bucket being run, in the layout that bucket runs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.forward import UpperStack, final_logits
+from editing.forward import SuffixStack, UpperStack, final_logits
 from editing.spec import ModelSpec
-from editing.tokens import PromptTarget, pad_batch, pad_id
-
-
-def length_buckets(lengths: list[int], ratio: float = 2.0) -> list[list[int]]:
-    """Row indices grouped so that no row is padded to more than ``ratio`` times its length."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    buckets: list[list[int]] = []
-    for i in order:
-        if buckets and lengths[i] <= ratio * lengths[buckets[-1][0]]:
-            buckets[-1].append(i)
-        else:
-            buckets.append([i])
-    return buckets
+from editing.tokens import PromptTarget, length_buckets, pad_batch, pad_id
 
 
 class _Bucket:
-    def __init__(self, rows: list[PromptTarget], index: list[int], n_rewrite: int, tokenizer, device) -> None:
-        self.batch = pad_batch([rows[i].ids for i in index], pad_id(tokenizer), device)
-        self.subject_mask = torch.zeros(self.batch.input_ids.shape, dtype=torch.bool, device=device)
+    """Rows ``index`` run together; ``place(i, p)`` -> (row, column) of position ``p`` of row
+    ``i`` in what the stack runs, a tensor of ``shape`` (rows run, columns)."""
+
+    def __init__(self, rows: list[PromptTarget], index: list[int], n_rewrite: int,
+                 place: Callable[[int, int], tuple[int, int]], shape: tuple[int, int], device) -> None:
+        self.subject_mask = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.rewrite_subject = torch.zeros_like(self.subject_mask)
+        self.bare: tuple[int, int] | None = None  # where row 0's (the bare prompt's) last subject token is
         t_local, t_pos, t_ids, t_global, k_local, k_pos, k_global = [], [], [], [], [], [], []
-        for local, i in enumerate(index):
+        for i in index:
             row = rows[i]
-            self.subject_mask[local, row.subject_positions] = True
+            for p in row.subject_positions:
+                self.subject_mask[place(i, p)] = True
+                if i < n_rewrite:
+                    self.rewrite_subject[place(i, p)] = True
+            if i == 0:
+                self.bare = place(i, max(row.subject_positions))
             if i < n_rewrite:
-                t_local += [local] * len(row.target_ids)
-                t_pos += row.target_positions
+                for p in row.target_positions:
+                    local, column = place(i, p)
+                    t_local.append(local)
+                    t_pos.append(column)
                 t_ids += row.target_ids
                 t_global += [i] * len(row.target_ids)
             else:
+                local, column = place(i, len(row.ids) - 1)
                 k_local.append(local)
-                k_pos.append(len(row.ids) - 1)
+                k_pos.append(column)
                 k_global.append(i - n_rewrite)
 
         def tensor(x):
@@ -52,7 +57,7 @@ class _Bucket:
 
         self.t_local, self.t_pos, self.t_ids, self.t_global = map(tensor, (t_local, t_pos, t_ids, t_global))
         self.k_local, self.k_pos, self.k_global = map(tensor, (k_local, k_pos, k_global))
-        self.stack: UpperStack | None = None
+        self.stack: UpperStack | SuffixStack | None = None
 
 
 class Objective:
@@ -68,63 +73,69 @@ class Objective:
         kl: list[PromptTarget] = (),
         *,
         fast: bool = True,
+        from_subject: bool = False,
     ) -> None:
         self.model, self.spec = model, spec
         self.device = next(model.parameters()).device
         rows = [*rewrite, *kl]
         self.n_rewrite, self.n_kl = len(rewrite), len(kl)
-        self.buckets = [
-            _Bucket(rows, index, self.n_rewrite, tokenizer, self.device)
-            for index in length_buckets([len(r.ids) for r in rows])
-        ]
-        for b in self.buckets:
-            b.stack = UpperStack(model, spec, layer, b.batch.input_ids, b.batch.attention_mask, fast=fast)
-        self.fast = all(b.stack.fast for b in self.buckets)
+        pad = pad_id(tokenizer)
+        self.from_subject = False
+        self.buckets: list[_Bucket] = []
+        if fast and from_subject:  # every row in one packed pass from its first subject end on
+            starts = [min(r.subject_positions) for r in rows]
+            stack = SuffixStack(model, spec, layer, [r.ids for r in rows], starts, pad, self.device)
+            if stack.available:
+                bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, lambda i, p: (0, stack.place(i, p)),
+                                 (1, stack.length), self.device)
+                bucket.stack = stack
+                self.buckets, self.from_subject = [bucket], True
+        if not self.buckets:
+            for index in length_buckets([len(r.ids) for r in rows]):
+                local = {i: n for n, i in enumerate(index)}
+                batch = pad_batch([rows[i].ids for i in index], pad, self.device)
+                bucket = _Bucket(rows, index, self.n_rewrite, lambda i, p, local=local: (local[i], p),
+                                 tuple(batch.input_ids.shape), self.device)
+                bucket.stack = UpperStack(model, spec, layer, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
+                                          fast=fast)
+                self.buckets.append(bucket)
+        self.fast = self.from_subject or all(b.stack.fast for b in self.buckets)
         self.counts = torch.bincount(
             torch.tensor([i for i, r in enumerate(rewrite) for _ in r.target_ids], device=self.device),
             minlength=self.n_rewrite,
         )
-        self.subject_mask: torch.Tensor | None = None  # of the bucket being run, for the caller's hook
-        self.batch = None
+        self.current: _Bucket | None = None  # the bucket being run, for the caller's hook
+        self.subject_mask: torch.Tensor | None = None  # its subject positions
         self.all_predicted = False  # after a call: every target token is the argmax (teacher forcing)
 
-    @torch.no_grad()
-    def subject_keys(self, path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """At module ``path`` (the edit layer's MLP output projection), over the rewrite rows:
-        (mean input at every subject occurrence, input at the first row's last subject
-        occurrence — the bare prompt — and mean output at the subject occurrences)."""
-        from editing.hooks import Trace
-
-        keys, outputs, bare = [], [], None
-        for b in self.buckets:
-            with Trace(self.model, path, retain_input=True) as t:
-                b.stack.hidden()
-            for local, row_mask in enumerate(b.subject_mask):
-                if local in b.k_local.tolist():
-                    continue
-                keys.append(t.input[local][row_mask])
-                outputs.append(t.output[local][row_mask])
-                if bare is None and b.t_global[b.t_local == local][0] == 0:
-                    bare = t.input[local][row_mask][-1]
-        return torch.cat(keys).float().mean(0), bare.float(), torch.cat(outputs).float().mean(0)
+    def at_subject(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """For ``x`` (bucket rows, seq, d), a tensor seen at the edit layer while the current
+        bucket runs: its vectors at the subject's last tokens of the rewrite rows (n, d), and
+        the bare prompt's (rewrite row 0) last subject token (d,) if that row is in the bucket."""
+        b = self.current
+        bare = x[b.bare] if b.bare is not None else None
+        return x[b.rewrite_subject], bare
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean log P(target) per rewrite row (n_rewrite,), log-distributions of KL rows (n_kl, vocab))."""
-        per_row = torch.zeros(self.n_rewrite, device=self.device)
-        kl_logp = None
-        predicted = True
+        picked, t_ids, t_global, k_global = [], [], [], []
         for b in self.buckets:
-            self.subject_mask, self.batch = b.subject_mask, b.batch
+            self.current, self.subject_mask = b, b.subject_mask
             hidden = b.stack.hidden()  # (bucket rows, seq, d)
-            if len(b.t_local):
-                logp = final_logits(self.model, self.spec, hidden[b.t_local, b.t_pos]).float().log_softmax(-1)
-                token_logp = logp.gather(1, b.t_ids[:, None]).squeeze(1)
-                per_row = per_row.index_add(0, b.t_global, token_logp)
-                predicted = predicted and bool((logp.argmax(-1) == b.t_ids).all())
-            if len(b.k_local):
-                logp = final_logits(self.model, self.spec, hidden[b.k_local, b.k_pos]).float().log_softmax(-1)
-                if kl_logp is None:
-                    kl_logp = torch.zeros(self.n_kl, logp.shape[-1], device=self.device)
-                kl_logp = kl_logp.index_copy(0, b.k_global, logp)
-        self.all_predicted = predicted
+            picked += [hidden[b.t_local, b.t_pos], hidden[b.k_local, b.k_pos]]
+            t_ids.append(b.t_ids)
+            t_global.append(b.t_global)
+            k_global.append(b.k_global)
+        # one unembedding for all buckets: on gemma3-270m the 262k-row lm_head is read once a step
+        n_target = sum(len(t) for t in t_ids)
+        t_hidden = torch.cat(picked[0::2])
+        logp = final_logits(self.model, self.spec, torch.cat([t_hidden, *picked[1::2]])).float().log_softmax(-1)
+        t_logp, k_logp = logp[:n_target], logp[n_target:]
+        t_ids_all = torch.cat(t_ids)
+        token_logp = t_logp.gather(1, t_ids_all[:, None]).squeeze(1)
+        per_row = torch.zeros(self.n_rewrite, device=self.device).index_add(0, torch.cat(t_global), token_logp)
+        self.all_predicted = bool((t_logp.argmax(-1) == t_ids_all).all())
+        kl_logp = None
+        if self.n_kl:
+            kl_logp = torch.zeros_like(k_logp).index_copy(0, torch.cat(k_global), k_logp)
         return per_row / self.counts, kl_logp

@@ -115,33 +115,47 @@ def compute_rome_delta(
     report("preparing", 0, hparams.v_steps, None)
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,
                       locality_prompts=locality_prompts if hparams.locality_kl_factor > 0 else [])
-    objective = Objective(model, tokenizer, spec, layer, rows.rewrite, rows.kl, fast=hparams.fast_upper_layers)
+    objective = Objective(model, tokenizer, spec, layer, rows.rewrite, rows.kl,
+                          fast=hparams.fast_upper_layers, from_subject=True)
 
-    # -- step 1: k*, and v = W k* (the mean MLP output at the subject; exact for a linear map)
-    key, bare_key, value = objective.subject_keys(spec.mlp_out_at(layer))
-
-    # -- step 2: v* = v + δ by gradient descent on δ
+    # -- steps 1 and 2: k* and v = W k* are read at the edit layer during the first pass (δ = 0):
+    # the mean input and output of the MLP projection at the subject (v = W k* as it is linear)
     dtype = next(model.parameters()).dtype
-    delta = torch.zeros_like(value, requires_grad=True)  # (d_out,) float32
-    max_norm = hparams.clamp_norm_factor * value.norm()
+    module = model.get_submodule(spec.mlp_out_at(layer))
+    delta = torch.zeros(module.weight.shape[1 if spec.conv1d else 0], device=objective.device, requires_grad=True)
+    first_pass: dict[str, list[torch.Tensor]] | None = {"keys": [], "values": [], "bare": []}
 
-    def add_delta(output: torch.Tensor, _path: str) -> torch.Tensor:
+    def at_edit_layer(_module, args, output: torch.Tensor) -> torch.Tensor:
         # output: (rows, seq, d_out); δ lands only on the subject's last token(s)
+        if first_pass is not None:
+            keys, bare = objective.at_subject(args[0].detach())
+            first_pass["keys"].append(keys)
+            first_pass["values"].append(objective.at_subject(output.detach())[0])
+            if bare is not None:
+                first_pass["bare"].append(bare)
         mask = objective.subject_mask.unsqueeze(-1).to(output.dtype)
         return output + mask * delta.to(output.dtype)
 
     def forward() -> tuple[torch.Tensor, torch.Tensor]:
-        with Trace(model, spec.mlp_out_at(layer), retain_output=False, edit_output=add_delta):
+        handle = module.register_forward_hook(at_edit_layer)
+        try:
             return objective()
+        finally:
+            handle.remove()
 
-    with torch.no_grad():
-        _, kl_init = forward()
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     losses: list[float] = []
     target_prob = 0.0
     for step in range(hparams.v_steps):
         optimizer.zero_grad()
         per_row, kl_logp = forward()  # (n_rewrite,) mean log P(target) per row; (n_kl, vocab)
+        if first_pass is not None:  # δ = 0: the unedited model
+            key = torch.cat(first_pass["keys"]).float().mean(0)  # k* (d_in,)
+            value = torch.cat(first_pass["values"]).float().mean(0)  # W k* (d_out,)
+            bare_key = first_pass["bare"][0].float()
+            kl_init = kl_logp.detach()
+            max_norm = hparams.clamp_norm_factor * value.norm()
+            first_pass = None
         nll = -per_row.mean()
         kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)  # KL(edited ‖ original)
         kl_loss = hparams.kl_factor * kl[:1].mean()

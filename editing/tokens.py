@@ -85,3 +85,15 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     return tokenizer.eos_token_id or 0
+
+
+def length_buckets(lengths: list[int], ratio: float = 2.0) -> list[list[int]]:
+    """Row indices grouped so that no row is padded to more than ``ratio`` times its length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and lengths[i] <= ratio * lengths[buckets[-1][0]]:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets

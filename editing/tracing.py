@@ -133,7 +133,7 @@ def causal_trace(
     # Record the corrupted pass once; each restoration then replays only the layers from the
     # first restored one upward (nothing below it differs from the corrupted run).
     with TraceDict(model, [spec.embed], edit_output=lambda output, _path: corrupt(output)):
-        stack = UpperStack(model, spec, 0, batch, torch.ones_like(batch))
+        stack = UpperStack(model, spec, 0, {"input_ids": batch, "attention_mask": torch.ones_like(batch)})
 
     def restore(output: torch.Tensor, path: str) -> torch.Tensor:
         output = output.clone()

@@ -165,3 +165,56 @@ def test_layer_out_of_range_and_unknown_architecture(tiny, tokenizer, tmp_path):
     tiny.config.model_type = "mystery"
     with pytest.raises(UnsupportedArchitecture, match="mystery"):
         spec_for(tiny)
+
+
+def _suffix_rows(tokenizer):
+    from editing.tokens import encode
+
+    texts = ["The Eiffel Tower is located in the city of", "A short one. The Eiffel Tower is in",
+             "Eiffel Tower", "Some much longer context about towers and cities. Then: The Eiffel Tower is"]
+    rows = [encode(tokenizer, t) for t in texts]
+    starts = [len(rows[0]) - 4, len(rows[1]) - 3, 0, len(rows[3]) - 2]  # one row runs whole
+    return rows, starts
+
+
+def _check_suffix_stack(model, tokenizer):
+    """The packed, prefix-cached pass gives the full pass's hidden states at every run position."""
+    from editing.forward import SuffixStack, _last_layer_output, same_result
+    from editing.tokens import pad_batch, pad_id
+
+    spec = spec_for(model)
+    rows, starts = _suffix_rows(tokenizer)
+    stack = SuffixStack(model, spec, 1, rows, starts, pad_id(tokenizer), torch.device("cpu"))
+    assert stack.available and stack._upper is not None and stack._upper.fast
+    full = pad_batch(rows, pad_id(tokenizer), torch.device("cpu"))
+    with torch.no_grad():
+        reference = _last_layer_output(model, spec, input_ids=full.input_ids, attention_mask=full.attention_mask)
+        packed = stack.hidden()[0]
+    for i, (row, start) in enumerate(zip(rows, starts)):
+        got = packed[[stack.place(i, p) for p in range(start, len(row))]]
+        assert same_result(got, reference[i, start : len(row)]), f"row {i} differs"  # ‖Δ‖ ≤ 1e-5 ‖h‖
+
+
+def test_prefix_cached_pass_matches_full_pass(tiny, tokenizer):
+    _check_suffix_stack(tiny, tokenizer)
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma"])
+def test_prefix_cached_pass_matches_full_pass_builtin(name, request):
+    loaded = request.getfixturevalue(name)
+    _check_suffix_stack(loaded.model, loaded.tokenizer)
+
+
+def test_rome_fast_path_computes_the_same_delta(tiny, tokenizer, tmp_path):
+    """Running only from the subject on (prefix cache + upper layers) changes speed, not the edit."""
+    spec = spec_for(tiny)
+    templates = editor(tiny, tokenizer, tmp_path).templates("en", 2, (5, 10))
+    results = [
+        compute_rome_delta(tiny, tokenizer, REQUEST, ROMEHyperParams(**FAST, fast_upper_layers=fast), spec, 1,
+                           templates=templates, covariance=None)
+        for fast in (True, False)
+    ]
+    assert results[0].fast_path and not results[1].fast_path
+    for name in ("u", "v"):
+        torch.testing.assert_close(results[0].delta.tensors[name], results[1].delta.tensors[name],
+                                   rtol=1e-3, atol=1e-5)
