@@ -33,7 +33,6 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
-from editing.hooks import Trace
 from editing.hparams import ROMEHyperParams
 from editing.objective import Objective
 from editing.request import EditRequest
