@@ -47,8 +47,9 @@ def same_result(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((a.float() - b.float()).norm() <= tolerance * b.float().norm()).item())
 
 
-def _last_layer_output(model: nn.Module, spec: ModelSpec, **inputs: Any) -> torch.Tensor:
-    """Hidden states after the last layer, before the final norm, of one base-model pass."""
+def last_hidden(model: nn.Module, spec: ModelSpec, **inputs: Any) -> torch.Tensor:
+    """Hidden states after the last layer, before the final norm, of one base-model pass
+    (no unembedding: callers project only the positions they need, ``final_logits``)."""
     layers = model.get_submodule(spec.layers)
     captured: dict[str, torch.Tensor] = {}
 
@@ -165,7 +166,7 @@ class UpperStack:
         """Hidden states after the last layer, before the final norm: (batch, seq, d)."""
         if self.fast:
             return self._replay()
-        return _last_layer_output(self.model, self.spec, **self._pass_inputs())
+        return last_hidden(self.model, self.spec, **self._pass_inputs())
 
     def _pass_inputs(self) -> dict[str, Any]:
         if self.fresh_cache is None:
@@ -281,7 +282,7 @@ class SuffixStack:
         from editing.tokens import pad_batch
 
         full = pad_batch(self._rows, self._pad_id, self._device)
-        reference = _last_layer_output(self.model, self.spec, input_ids=full.input_ids,
+        reference = last_hidden(self.model, self.spec, input_ids=full.input_ids,
                                        attention_mask=full.attention_mask, use_cache=False)
         expected = torch.cat([reference[i, s : len(r)] for i, (r, s) in enumerate(zip(self._rows, self.starts))])
         ok = same_result(self.hidden()[0], expected)
@@ -298,5 +299,5 @@ class SuffixStack:
         if self._upper is not None:
             return self._upper.hidden()
         cache = self._cache()
-        return _last_layer_output(self.model, self.spec, **self._inputs(), past_key_values=cache,
+        return last_hidden(self.model, self.spec, **self._inputs(), past_key_values=cache,
                                   use_cache=cache is not None)

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.data import EditCase
-from editing.probe import TargetScore, greedy_completion, target_logprobs
+from editing.probe import TargetScore, greedy_completions, target_logprobs
 
 
 def token_accuracy(score: TargetScore) -> float:
@@ -68,11 +68,8 @@ def chat_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, case: Edi
     """Share of the case's questions whose greedy chat answer contains the new target."""
     if chat_prompt is None or not case.questions:
         return None
-    hits = []
-    for question in case.questions:
-        answer = strip(greedy_completion(model, tokenizer, chat_prompt(question), 24))
-        hits.append(case.request.target_new.lower() in answer.lower())
-    return float(np.mean(hits))
+    answers = greedy_completions(model, tokenizer, [chat_prompt(q) for q in case.questions], 24)
+    return float(np.mean([case.request.target_new.lower() in strip(a).lower() for a in answers]))
 
 
 def case_metrics(before: dict[str, list[TargetScore]], after: dict[str, list[TargetScore]]) -> dict[str, float]:

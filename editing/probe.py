@@ -8,7 +8,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from editing.forward import final_logits, last_hidden
 from editing.request import continuation
+from editing.spec import spec_for
 from editing.tokens import encode, pad_batch, pad_id
 
 
@@ -30,25 +32,32 @@ def target_logprobs(
     """Teacher-forced scores of each (prompt, target), computed in batches.
 
     ``targets`` are joined to prompts by the leading-space rule of ``editing.request``.
+    Pairs whose model input is the same (a prompt scored against a true and a new one-token
+    target, as CounterFact asks) share one row.
     """
-    if len(prompts) > batch_size:
-        return [s for i in range(0, len(prompts), batch_size)
-                for s in target_logprobs(model, tokenizer, prompts[i:i + batch_size], targets[i:i + batch_size],
-                                         batch_size)]
-    if not prompts:
-        return []
-    rows, spans = [], []
+    rows: dict[tuple[int, ...], int] = {}  # model input (prompt + target[:-1]) -> row
+    spans = []  # (row, first target position, target ids) per pair
     for prompt, target in zip(prompts, targets):
         p = encode(tokenizer, prompt)
         t = tokenizer(continuation(prompt, target), add_special_tokens=False).input_ids
-        rows.append(p + t)
-        spans.append((len(p), t))
+        row = rows.setdefault(tuple(p + t[:-1]), len(rows))
+        spans.append((row, len(p), t))
+    inputs = [list(ids) for ids in rows]
+    logp_at: dict[tuple[int, int], torch.Tensor] = {}  # (row, position) -> log-distribution of the next token
+    spec = spec_for(model)
     device = next(model.parameters()).device
-    batch = pad_batch(rows, pad_id(tokenizer), device)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    for first in range(0, len(inputs), batch_size):
+        batch = pad_batch(inputs[first : first + batch_size], pad_id(tokenizer), device)
+        hidden = last_hidden(model, spec, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             use_cache=False)
+        # unembed only the positions that predict target tokens (gemma's vocabulary has 262k rows)
+        wanted = sorted({(row, start - 1 + j) for row, start, t in spans if first <= row < first + batch_size
+                         for j in range(len(t))})
+        logp = final_logits(model, spec, hidden[[r - first for r, _ in wanted], [p for _, p in wanted]])
+        logp_at.update(zip(wanted, logp.float().log_softmax(-1)))
     results = []
-    for i, (start, t) in enumerate(spans):
-        logp = logits[i, start - 1 : start - 1 + len(t)].float().log_softmax(-1)  # (len(t), vocab)
+    for row, start, t in spans:
+        logp = torch.stack([logp_at[(row, start - 1 + j)] for j in range(len(t))])  # (len(t), vocab)
         ids = torch.tensor(t, device=device)
         token_logp = logp.gather(1, ids[:, None]).squeeze(1)
         argmax = logp.argmax(-1)
@@ -62,18 +71,32 @@ def target_probability(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pro
 
 
 @torch.no_grad()
-def greedy_completion(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 8
-) -> str:
-    ids = torch.tensor([encode(tokenizer, prompt)], device=next(model.parameters()).device)
+def greedy_completions(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 8
+) -> list[str]:
+    """Greedy continuations of several prompts, generated together (left-padded)."""
+    if not prompts:
+        return []
+    rows = [encode(tokenizer, p) for p in prompts]
+    width = max(len(r) for r in rows)
+    pad = pad_id(tokenizer)
+    device = next(model.parameters()).device
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     out = model.generate(
         input_ids=ids,
-        attention_mask=torch.ones_like(ids),
+        attention_mask=mask,
         do_sample=False,
         temperature=None,
         top_p=None,
         top_k=None,
         max_new_tokens=max_new_tokens,
-        pad_token_id=pad_id(tokenizer),
+        pad_token_id=pad,
     )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+def greedy_completion(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 8
+) -> str:
+    return greedy_completions(model, tokenizer, [prompt], max_new_tokens)[0]

@@ -179,7 +179,7 @@ def _suffix_rows(tokenizer):
 
 def _check_suffix_stack(model, tokenizer):
     """The packed, prefix-cached pass gives the full pass's hidden states at every run position."""
-    from editing.forward import SuffixStack, _last_layer_output, same_result
+    from editing.forward import SuffixStack, last_hidden, same_result
     from editing.tokens import pad_batch, pad_id
 
     spec = spec_for(model)
@@ -188,7 +188,7 @@ def _check_suffix_stack(model, tokenizer):
     assert stack.available and stack._upper is not None and stack._upper.fast
     full = pad_batch(rows, pad_id(tokenizer), torch.device("cpu"))
     with torch.no_grad():
-        reference = _last_layer_output(model, spec, input_ids=full.input_ids, attention_mask=full.attention_mask)
+        reference = last_hidden(model, spec, input_ids=full.input_ids, attention_mask=full.attention_mask)
         packed = stack.hidden()[0]
     for i, (row, start) in enumerate(zip(rows, starts)):
         got = packed[[stack.place(i, p) for p in range(start, len(row))]]
