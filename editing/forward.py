@@ -272,9 +272,12 @@ class SuffixStack:
 
         if not self._kv:
             return None
-        cache = DynamicCache(config=self.model.config)  # fresh each pass: a pass appends to it
-        for layer, (keys, values) in zip(cache.layers, self._kv):
-            layer.update(keys, values)
+        # Fresh each pass (a pass appends to it), and with plain layers only: a sliding-window
+        # layer would keep just its last `window` tokens of the packed prefixes, while each row
+        # (shorter than the window, checked above) needs all of its own.  The mask does the rest.
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(self._kv):
+            cache.update(keys, values, index)
         return cache
 
     @torch.no_grad()
@@ -283,7 +286,7 @@ class SuffixStack:
 
         full = pad_batch(self._rows, self._pad_id, self._device)
         reference = last_hidden(self.model, self.spec, input_ids=full.input_ids,
-                                       attention_mask=full.attention_mask, use_cache=False)
+                                attention_mask=full.attention_mask, use_cache=False)
         expected = torch.cat([reference[i, s : len(r)] for i, (r, s) in enumerate(zip(self._rows, self.starts))])
         ok = same_result(self.hidden()[0], expected)
         if not ok:
@@ -300,4 +303,4 @@ class SuffixStack:
             return self._upper.hidden()
         cache = self._cache()
         return last_hidden(self.model, self.spec, **self._inputs(), past_key_values=cache,
-                                  use_cache=cache is not None)
+                           use_cache=cache is not None)

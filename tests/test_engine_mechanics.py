@@ -177,13 +177,14 @@ def _suffix_rows(tokenizer):
     return rows, starts
 
 
-def _check_suffix_stack(model, tokenizer):
+def _check_suffix_stack(model, tokenizer, copies: int = 1):
     """The packed, prefix-cached pass gives the full pass's hidden states at every run position."""
     from editing.forward import SuffixStack, last_hidden, same_result
     from editing.tokens import pad_batch, pad_id
 
     spec = spec_for(model)
     rows, starts = _suffix_rows(tokenizer)
+    rows, starts = rows * copies, starts * copies
     stack = SuffixStack(model, spec, 1, rows, starts, pad_id(tokenizer), torch.device("cpu"))
     assert stack.available and stack._upper is not None and stack._upper.fast
     full = pad_batch(rows, pad_id(tokenizer), torch.device("cpu"))
@@ -202,7 +203,8 @@ def test_prefix_cached_pass_matches_full_pass(tiny, tokenizer):
 @pytest.mark.parametrize("name", ["smollm2", "gemma"])
 def test_prefix_cached_pass_matches_full_pass_builtin(name, request):
     loaded = request.getfixturevalue(name)
-    _check_suffix_stack(loaded.model, loaded.tokenizer)
+    # 24 copies: ~700 cached prefix tokens in all, past gemma's 512-token sliding window
+    _check_suffix_stack(loaded.model, loaded.tokenizer, copies=24)
 
 
 def test_rome_fast_path_computes_the_same_delta(tiny, tokenizer, tmp_path):
@@ -218,3 +220,17 @@ def test_rome_fast_path_computes_the_same_delta(tiny, tokenizer, tmp_path):
     for name in ("u", "v"):
         torch.testing.assert_close(results[0].delta.tensors[name], results[1].delta.tensors[name],
                                    rtol=1e-3, atol=1e-5)
+
+
+def test_sampling_is_seeded_exact_length_and_leaves_global_rng(tiny, tokenizer):
+    from editing.context import sample_texts
+
+    state_before = torch.random.get_rng_state()
+    first = sample_texts(tiny, tokenizer, language="en", n=3, new_tokens=6, seed=7, top_k=40)
+    assert torch.equal(torch.random.get_rng_state(), state_before)
+    assert sample_texts(tiny, tokenizer, language="en", n=3, new_tokens=6, seed=7, top_k=40) == first
+    assert sample_texts(tiny, tokenizer, language="en", n=3, new_tokens=6, seed=8, top_k=40) != first
+    for text, word in zip(first, ("The", "Therefore", "Because")):
+        assert text.startswith(word)
+        added = tokenizer(text, add_special_tokens=False).input_ids[len(tokenizer(word, add_special_tokens=False).input_ids):]
+        assert 4 <= len(added) <= 8  # 6 sampled tokens (re-tokenising the text may merge a few)
