@@ -5,7 +5,7 @@ per layer and cached; their time is reported apart), plus peak RSS.  Each model 
 own process.  With a CUDA GPU, ``--gpu`` times ROME on a Llama-3-8B-shaped model with random
 bf16 weights (timing depends on shapes, not values).
 
-    python -m bench.edit_speed [--n 5]
+    python -m bench.edit_speed [--n 5] [--fresh-stats]   (--fresh-stats: time statistics from scratch)
     python -m bench.edit_speed --gpu
 """
 
@@ -21,7 +21,9 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "counterfact-dev.json"
 
 
-def measure(alias: str, n: int) -> dict:
+def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
+    import tempfile
+
     from bench.common import peak_rss_mb
     from editing.data import load_cases
     from editing.delta import DeltaStack
@@ -30,7 +32,9 @@ def measure(alias: str, n: int) -> dict:
     from runtime.loader import amend_home, load_model
 
     loaded = load_model(alias, device="cpu")
-    editor = Editor(loaded.model, loaded.tokenizer, stats_dir=amend_home() / "stats",
+    # --fresh-stats: an empty statistics folder, so the corpus is sampled and C computed anew
+    stats_dir = Path(tempfile.mkdtemp(prefix="amend-stats-")) if fresh_stats else amend_home() / "stats"
+    editor = Editor(loaded.model, loaded.tokenizer, stats_dir=stats_dir,
                     default_layer=loaded.profile.default_edit_layer,
                     chat_prompt=lambda q: question_prompt(q, loaded.tokenizer, loaded.profile))
     start = time.perf_counter()
@@ -53,6 +57,10 @@ def measure(alias: str, n: int) -> dict:
         result[f"{method}_median_s"] = round(statistics.median(times), 2)
         result[f"{method}_mean_target_prob"] = round(statistics.mean(probs), 3)
     result["peak_rss_mb"] = round(peak_rss_mb())
+    if fresh_stats:
+        import shutil
+
+        shutil.rmtree(stats_dir, ignore_errors=True)
     return result
 
 
@@ -91,7 +99,7 @@ def gpu() -> dict:
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--measure"]:
-        print(json.dumps(measure(args[1], int(args[2]))))
+        print(json.dumps(measure(args[1], int(args[2]), "--fresh-stats" in args)))
         return
     if args[:1] == ["--gpu"]:
         print(json.dumps(gpu()))
@@ -99,7 +107,8 @@ def main() -> None:
     from bench.common import markdown_table, run_child
 
     n = int(args[args.index("--n") + 1]) if "--n" in args else 5
-    rows = [run_child("bench.edit_speed", "--measure", alias, str(n)) for alias in ("smollm2", "gemma3-270m")]
+    fresh = ["--fresh-stats"] if "--fresh-stats" in args else []
+    rows = [run_child("bench.edit_speed", "--measure", alias, str(n), *fresh) for alias in ("smollm2", "gemma3-270m")]
     print(markdown_table(rows, list(rows[0])))
 
 

@@ -37,18 +37,35 @@ def _char_to_token(offsets: list[tuple[int, int]], char_index: int) -> int:
     return best
 
 
+def _token_offsets(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[int, list[tuple[int, int]]]:
+    """(how many special tokens ``encode`` puts before the text's tokens — BOS or nothing,
+    the character span of each of the text's tokens)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return len(encode(tokenizer, text)) - len(enc.input_ids), enc.offset_mapping
+
+
 def subject_last_positions(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -> list[int]:
     """Index of the last token of every occurrence of ``subject`` in ``text`` (BOS counted)."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offset = len(encode(tokenizer, text)) - len(enc.input_ids)  # BOS or nothing
+    offset, spans = _token_offsets(tokenizer, text)
     positions = []
     start = text.find(subject)
     while start != -1 and subject:
-        positions.append(offset + _char_to_token(enc.offset_mapping, start + len(subject) - 1))
+        positions.append(offset + _char_to_token(spans, start + len(subject) - 1))
         start = text.find(subject, start + len(subject))
     if not positions:
         raise ValueError(f"subject {subject!r} not found in {text!r}")
     return positions
+
+
+def subject_span(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -> tuple[int, int]:
+    """[start, end) token indices of the first occurrence of ``subject`` in ``text`` (BOS counted)."""
+    offset, spans = _token_offsets(tokenizer, text)
+    start_char = text.find(subject)
+    if start_char < 0 or not subject:
+        raise ValueError(f"subject {subject!r} not found in {text!r}")
+    end_char = start_char + len(subject)
+    inside = [i for i, (a, b) in enumerate(spans) if a < end_char and b > start_char]
+    return offset + inside[0], offset + inside[-1] + 1
 
 
 def prompt_target(tokenizer: PreTrainedTokenizerBase, text: str, target: str, subject: str) -> PromptTarget:

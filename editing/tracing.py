@@ -26,7 +26,7 @@ from editing.forward import UpperStack, final_logits
 from editing.hooks import TraceDict
 from editing.request import continuation
 from editing.spec import ModelSpec, spec_for
-from editing.tokens import encode
+from editing.tokens import encode, subject_span
 
 KINDS = ("hidden", "mlp", "attn")
 
@@ -47,17 +47,6 @@ class TraceResult:
     def effect(self, kind: str) -> np.ndarray:
         """Indirect effect per (token, layer)."""
         return self.scores[kind] - self.p_corrupted
-
-
-def subject_range(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -> tuple[int, int]:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offset = len(encode(tokenizer, text)) - len(enc.input_ids)
-    start_char = text.find(subject)
-    if start_char < 0:
-        raise ValueError(f"subject {subject!r} not in {text!r}")
-    end_char = start_char + len(subject)
-    inside = [i for i, (a, b) in enumerate(enc.offset_mapping) if a < end_char and b > start_char]
-    return offset + inside[0], offset + inside[-1] + 1
 
 
 @torch.no_grad()
@@ -81,7 +70,7 @@ def causal_trace(
     depth = len(model.get_submodule(spec.layers))
     ids = encode(tokenizer, prompt)
     n_tok = len(ids)
-    start, end = subject_range(tokenizer, prompt, subject)
+    start, end = subject_span(tokenizer, prompt, subject)
     x = torch.tensor([ids], device=device)
 
     def last_probs(input_ids: torch.Tensor) -> torch.Tensor:
@@ -135,6 +124,13 @@ def causal_trace(
     with TraceDict(model, [spec.embed], edit_output=lambda output, _path: corrupt(output)):
         stack = UpperStack(model, spec, 0, {"input_ids": batch, "attention_mask": torch.ones_like(batch)})
 
+    def restored_probs(first: int) -> torch.Tensor:
+        """Next-token distribution of every row, the restoration hooks being installed."""
+        if stack.fast:
+            return final_logits(model, spec, stack.replay_from(first, stack.input_of(first))[:, -1]).float().softmax(-1)
+        with TraceDict(model, [spec.embed], edit_output=lambda output, _path: corrupt(output)):
+            return last_probs(batch)
+
     def restore(output: torch.Tensor, path: str) -> torch.Tensor:
         output = output.clone()
         output[rows, token_of_row] = clean[path][token_of_row].to(output.dtype)
@@ -150,14 +146,7 @@ def causal_trace(
                 last = min(depth, layer - window // 2 + window)  # the window is centred on the layer
                 restored_paths = [paths[kind][j] for j in range(first, last)]
             with TraceDict(model, restored_paths, edit_output=restore, retain_output=False):
-                if stack.fast:
-                    hidden = stack.replay_from(first, stack.input_of(first))[:, -1]
-                else:
-                    with TraceDict(model, [spec.embed], edit_output=lambda output, _path: corrupt(output)):
-                        hidden = None
-                        probs = last_probs(batch)
-            if hidden is not None:
-                probs = final_logits(model, spec, hidden).float().softmax(-1)
+                probs = restored_probs(first)
             grid[:, layer] = probs[:, answer_id].reshape(n_tok, samples).mean(-1).cpu().numpy()
             if progress:
                 progress(kind, k_index * depth + layer + 1, total)

@@ -7,7 +7,8 @@ import pytest
 
 from editing.lens import LensResult, choose_layer, logit_lens
 from editing.plots import plot_lens, plot_trace, save
-from editing.tracing import causal_trace, subject_range
+from editing.tokens import subject_span
+from editing.tracing import causal_trace
 
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "Eiffel Tower"
 
@@ -40,8 +41,8 @@ def test_same_seed_same_scores(tiny, tokenizer):
     assert np.array_equal(a.scores["mlp"], b.scores["mlp"]) and a.p_corrupted == b.p_corrupted
 
 
-def test_subject_range(tokenizer):
-    start, end = subject_range(tokenizer, PROMPT, SUBJECT)
+def test_subject_span(tokenizer):
+    start, end = subject_span(tokenizer, PROMPT, SUBJECT)
     ids = tokenizer(PROMPT).input_ids
     assert tokenizer.decode(ids[start:end]).strip() == SUBJECT
 
