@@ -8,15 +8,15 @@ D=../shared/data
 ev() { "$PY" -m editing.evaluate "$@"; }
 
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100
-ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 100
-ev --data counterfact --file $D/counterfact-dev.json --method rome --model gemma3-270m --n 100
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100 --layer auto
 "$PY" -m bench.layer_sweep --model smollm2 --layers 2 4 6 10 16 --n 20
+"$PY" -m bench.layer_sweep --model gemma3-270m --layers 2 4 6 9 12 --n 20
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 100
+ev --data counterfact --file $D/counterfact-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre --file $D/zsre-dev.json --method rome --model smollm2 --n 100
 ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model smollm2 --n 100
-"$PY" -m bench.layer_sweep --model gemma3-270m --layers 2 4 6 9 12 --n 20
 ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100
 ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --model smollm2 --n 100
