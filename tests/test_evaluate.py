@@ -58,7 +58,7 @@ def test_smoke_run_rome_and_ft(tmp_path):
     from editing.evaluate import main
 
     for method in ("rome", "ft"):
-        out = tmp_path / method
+        out = tmp_path / f"eval-smollm2-counterfact-{method}"
         main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", method,
               "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out)])
         rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
@@ -70,3 +70,9 @@ def test_smoke_run_rome_and_ft(tmp_path):
         main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", method,
               "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out)])
         assert len((out / "cases.jsonl").read_text().splitlines()) == 2
+    # the README's combined table reads both runs: one "before" row, one row per method
+    from bench.eval_table import load_runs, table
+
+    lines = table(load_runs(tmp_path)).splitlines()
+    assert [line.split(" | ")[2] for line in lines[2:]] == ["before", "FT", "ROME"]
+    assert all(line.split(" | ")[4] == "2" for line in lines[2:])

@@ -1,0 +1,86 @@
+"""One table over every evaluation run in ``out/`` (the README's "Evaluation" section).
+
+    python -m bench.eval_table [--out out] [--ci]
+
+Each ``out/eval-*/cases.jsonl`` gives one row per method and, per (model, data), a "before"
+row (the unedited model on the same cases).  Values are means over cases; ``--ci`` adds the
+half-width of the 95% confidence interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+COLUMNS = ["reliability", "generalization", "locality", "same_subject_locality", "portability",
+           "efficacy", "paraphrase", "neighborhood", "chat_success"]
+SHORT = {"same_subject_locality": "same-subj. loc.", "chat_success": "chat"}
+
+
+def load_runs(out: Path) -> list[dict]:
+    runs = []
+    for jsonl in sorted(out.glob("eval-*/cases.jsonl")):
+        rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if rows:
+            runs.append({"name": jsonl.parent.name, "rows": rows})
+    return runs
+
+
+def describe(name: str) -> dict:
+    """``eval-<model>-<data>-<method>[-seq][-L<layer>]`` -> its parts."""
+    parts = name.removeprefix("eval-").split("-")
+    layer = parts.pop()[1:] if parts[-1].startswith("L") else "default"
+    sequential = parts[-1] == "seq" and bool(parts.pop())
+    method = parts.pop()
+    for data in ("zsre-samesubject", "zsre-zh", "counterfact", "cknowedit", "zsre"):
+        if "-".join(parts).endswith(data):
+            model = "-".join(parts)[: -len(data) - 1]
+            return {"model": model, "data": data, "method": method, "layer": layer, "sequential": sequential}
+    raise ValueError(f"cannot read run name {name!r}")
+
+
+def cell(values: list, ci: bool) -> str:
+    from editing.metrics import summarize
+
+    mean, half, n = summarize(values)
+    if n == 0 or math.isnan(mean):
+        return "–"
+    return f"{mean:.2f} ± {half:.2f}" if ci and not math.isnan(half) else f"{mean:.2f}"
+
+
+def _measured(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def table(runs: list[dict], ci: bool = False) -> str:
+    shown = [c for c in COLUMNS if any(_measured(r["metrics"].get(c)) for run in runs for r in run["rows"])]
+    head = ["model", "data", "method", "layer", "cases", *[SHORT.get(c, c) for c in shown], "s/edit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    seen_before = set()
+    for run in sorted(runs, key=lambda r: (describe(r["name"])["model"], describe(r["name"])["data"], r["name"])):
+        info, rows = describe(run["name"]), run["rows"]
+        if (info["model"], info["data"]) not in seen_before:
+            seen_before.add((info["model"], info["data"]))
+            values = [cell([r["before"].get(c) for r in rows], ci) for c in shown]
+            lines.append(f"| {info['model']} | {info['data']} | before | – | {len(rows)} | " + " | ".join(values) + " | – |")
+        seconds = sorted(r["seconds"] for r in rows)[len(rows) // 2]
+        values = [cell([r["metrics"].get(c) for r in rows], ci) for c in shown]
+        layer = info["layer"] if info["layer"] != "default" else str(rows[0]["layer"])
+        method = info["method"].upper() + (" seq." if info["sequential"] else "")
+        lines.append(f"| {info['model']} | {info['data']} | {method} | {layer} | {len(rows)} | "
+                     + " | ".join(values) + f" | {seconds:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.eval_table")
+    parser.add_argument("--out", default="out")
+    parser.add_argument("--ci", action="store_true", help="show the 95%% confidence half-widths")
+    args = parser.parse_args()
+    print(table(load_runs(Path(args.out)), args.ci))
+
+
+if __name__ == "__main__":
+    main()
