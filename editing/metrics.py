@@ -68,8 +68,16 @@ def chat_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, case: Edi
     """Share of the case's questions whose greedy chat answer contains the new target."""
     if chat_prompt is None or not case.questions:
         return None
-    answers = greedy_completions(model, tokenizer, [chat_prompt(q) for q in case.questions], 24)
-    return float(np.mean([case.request.target_new.lower() in strip(a).lower() for a in answers]))
+    target = case.request.target_new.lower()
+
+    def verdict(answer: str) -> bool:  # the answer up to a stop string names the target
+        return target in strip(answer).lower()
+
+    def settled(answer: str) -> bool:  # nothing generated later can change the verdict
+        return verdict(answer) or strip(answer) != answer.strip()
+
+    answers = greedy_completions(model, tokenizer, [chat_prompt(q) for q in case.questions], 24, done=settled)
+    return float(np.mean([verdict(a) for a in answers]))
 
 
 def case_metrics(before: dict[str, list[TargetScore]], after: dict[str, list[TargetScore]]) -> dict[str, float]:

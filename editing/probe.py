@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from editing.forward import final_logits, last_hidden
 from editing.request import continuation
@@ -70,11 +71,30 @@ def target_probability(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pro
     return target_logprobs(model, tokenizer, [prompt], [target])[0].prob
 
 
+class _StopWhen(StoppingCriteria):
+    """Ends each row once ``done(text so far)`` holds for its decoded continuation."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, start: int, done: Callable[[str], bool]) -> None:
+        self.tokenizer, self.start, self.done = tokenizer, start, done
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        return torch.tensor([self.done(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def greedy_completions(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 8
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int = 8,
+    *,
+    done: Callable[[str], bool] | None = None,
 ) -> list[str]:
-    """Greedy continuations of several prompts, generated together (left-padded)."""
+    """Greedy continuations of several prompts, generated together (left-padded).
+
+    ``done(text)``, if given, ends a row early once its continuation satisfies it (for a
+    caller whose verdict can no longer change, e.g. "the answer already names the target")."""
     if not prompts:
         return []
     rows = [encode(tokenizer, p) for p in prompts]
@@ -92,6 +112,7 @@ def greedy_completions(
         top_k=None,
         max_new_tokens=max_new_tokens,
         pad_token_id=pad,
+        stopping_criteria=StoppingCriteriaList([_StopWhen(tokenizer, width, done)]) if done else None,
     )
     return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 

@@ -76,3 +76,14 @@ def test_smoke_run_rome_and_ft(tmp_path):
     lines = table(load_runs(tmp_path)).splitlines()
     assert [line.split(" | ")[2] for line in lines[2:]] == ["before", "FT", "ROME"]
     assert all(line.split(" | ")[4] == "2" for line in lines[2:])
+
+
+def test_greedy_completions_end_rows_once_settled(smollm2):
+    """A row stops as soon as ``done`` holds; what it says up to there is what the full run says."""
+    from editing.probe import greedy_completions
+
+    prompts = ["The capital of France is", "The Eiffel Tower is located in the city of"]
+    full = greedy_completions(smollm2.model, smollm2.tokenizer, prompts, 24)
+    short = greedy_completions(smollm2.model, smollm2.tokenizer, prompts, 24, done=lambda text: "Paris" in text)
+    for whole, cut in zip(full, short):
+        assert "Paris" in cut and whole.startswith(cut) and len(cut) < len(whole)
