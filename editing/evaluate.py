@@ -67,6 +67,7 @@ def run(args, loaded=None) -> Path:
     curve = []
     todo = [c for c in cases if c.case_id not in done]
     for index, case in enumerate(tqdm(todo, desc=f"{args.method} on {args.data}", unit="case")):
+        case_start = time.perf_counter()
         before = probe_case(model, tok, case)
         chat_before = chat_success(model, tok, case, chat_prompt, strip) if not args.no_chat else None
         start = time.perf_counter()
@@ -83,6 +84,7 @@ def run(args, loaded=None) -> Path:
             metrics["fluency"] = float(sum(ngram_entropy(t) for t in texts) / len(texts))
         row = {"case_id": case.case_id, "subject": case.request.subject, "target_new": case.request.target_new,
                "layer": outcome.layer, "seconds": round(seconds, 3), "stats_seconds": round(outcome.stats_seconds, 1),
+               "case_seconds": round(time.perf_counter() - case_start, 3),  # edit + every probe
                "peak_rss_mb": round(_peak_mb()), "metrics": metrics, "before": metrics_before,
                "final_loss": outcome.losses[-1] if outcome.losses else None}
         with jsonl.open("a", encoding="utf-8") as f:
@@ -98,6 +100,15 @@ def run(args, loaded=None) -> Path:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     write_summary(out, args, rows, curve)
     return out
+
+
+def _wall_time(rows: list[dict]) -> str:
+    """Time for the whole run (edits and every probe), from the rows that recorded it."""
+    timed = [r["case_seconds"] for r in rows if "case_seconds" in r]
+    if not timed:
+        return ""
+    return (f" Wall time per case (edit + all probes): median {sorted(timed)[len(timed) // 2]:.1f} s; "
+            f"{sum(timed) / 60:.1f} min for {len(timed)} cases.")
 
 
 def _remeasure(model, tok, applied, n_edits: int) -> dict:
@@ -148,7 +159,7 @@ def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
         "| before | " + " | ".join(cell(m, "before") for m in shown) + " | |",
         f"| {args.method.upper()} | " + " | ".join(cell(m, "metrics") for m in shown) + f" | {median:.2f} |",
         "",
-        f"Peak RSS {max(r['peak_rss_mb'] for r in rows)} MB.",
+        f"Peak RSS {max(r['peak_rss_mb'] for r in rows)} MB.{_wall_time(rows)}",
     ]
     if curve:
         lines += ["", "## Sequential edits", "", "| edits | reliability of all edits so far |", "|---|---|"]
