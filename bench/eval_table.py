@@ -1,10 +1,13 @@
 """One table over every evaluation run in ``out/`` (the README's "Evaluation" section).
 
     python -m bench.eval_table [--out out] [--ci]
+    python -m bench.eval_table --compare out/eval-A out/eval-B
 
 Each ``out/eval-*/cases.jsonl`` gives one row per method and, per (model, data), a "before"
 row (the unedited model on the same cases).  Values are means over cases; ``--ci`` adds the
-half-width of the 95% confidence interval.
+half-width of the 95% confidence interval.  ``--compare`` gives, per metric, the mean
+difference B − A over the cases both runs share, with its 95% interval (a paired comparison:
+much tighter than comparing the two means when the cases are the same).
 """
 
 from __future__ import annotations
@@ -74,11 +77,36 @@ def table(runs: list[dict], ci: bool = False) -> str:
     return "\n".join(lines)
 
 
+def compare(first: Path, second: Path) -> str:
+    """Paired differences (second − first) per metric over the cases both runs share."""
+    from editing.metrics import summarize
+
+    def by_case(run: Path) -> dict:
+        rows = (json.loads(line) for line in (run / "cases.jsonl").read_text(encoding="utf-8").splitlines() if line)
+        return {r["case_id"]: r for r in rows}
+
+    a, b = by_case(first), by_case(second)
+    shared = sorted(set(a) & set(b), key=str)
+    lines = [f"{second.name} − {first.name}, {len(shared)} shared cases", "",
+             "| metric | difference | 95% interval |", "|---|---|---|"]
+    for metric in COLUMNS:
+        pairs = [(a[i]["metrics"].get(metric), b[i]["metrics"].get(metric)) for i in shared]
+        diffs = [y - x for x, y in pairs if _measured(x) and _measured(y)]
+        if diffs:
+            mean, half, _ = summarize(diffs)
+            lines.append(f"| {metric} | {mean:+.3f} | ± {half:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.eval_table")
     parser.add_argument("--out", default="out")
     parser.add_argument("--ci", action="store_true", help="show the 95%% confidence half-widths")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="paired differences B − A")
     args = parser.parse_args()
+    if args.compare:
+        print(compare(Path(args.compare[0]), Path(args.compare[1])))
+        return
     print(table(load_runs(Path(args.out)), args.ci))
 
 

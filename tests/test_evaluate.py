@@ -71,11 +71,13 @@ def test_smoke_run_rome_and_ft(tmp_path):
               "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out)])
         assert len((out / "cases.jsonl").read_text().splitlines()) == 2
     # the README's combined table reads both runs: one "before" row, one row per method
-    from bench.eval_table import load_runs, table
+    from bench.eval_table import compare, load_runs, table
 
     lines = table(load_runs(tmp_path)).splitlines()
     assert [line.split(" | ")[2] for line in lines[2:]] == ["before", "FT", "ROME"]
     assert all(line.split(" | ")[4] == "2" for line in lines[2:])
+    paired = compare(tmp_path / "eval-smollm2-counterfact-rome", tmp_path / "eval-smollm2-counterfact-ft")
+    assert "2 shared cases" in paired and "| efficacy |" in paired
 
 
 def test_greedy_completions_end_rows_once_settled(smollm2):
