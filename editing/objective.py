@@ -96,8 +96,8 @@ class Objective:
                 batch = pad_batch([rows[i].ids for i in index], pad, self.device)
                 bucket = _Bucket(rows, index, self.n_rewrite, lambda i, p, local=local: (local[i], p),
                                  tuple(batch.input_ids.shape), self.device)
-                bucket.stack = UpperStack(model, spec, layer, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
-                                          fast=fast)
+                inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+                bucket.stack = UpperStack(model, spec, layer, inputs, fast=fast)
                 self.buckets.append(bucket)
         self.fast = self.from_subject or all(b.stack.fast for b in self.buckets)
         self.counts = torch.bincount(
