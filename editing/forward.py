@@ -105,27 +105,20 @@ class UpperStack:
 
     def _record(self) -> bool:
         calls: list[tuple[tuple, dict]] = [None] * (len(self.layers) - self.layer)  # type: ignore[list-item]
-        outputs: dict[int, torch.Tensor] = {}
         handles = []
         for i in range(self.layer, len(self.layers)):
 
             def pre(_m, args, kwargs, i=i):
                 calls[i - self.layer] = (args, dict(kwargs))
 
-            def post(_m, args, kwargs, output, i=i):
-                outputs[i] = _first(output)
-
             handles.append(self.layers[i].register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(self.layers[i].register_forward_hook(post, with_kwargs=True))
         try:
             with torch.no_grad():
-                self.model.base_model(**self._pass_inputs())
+                reference = last_hidden(self.model, self.spec, **self._pass_inputs())
         finally:
             for h in handles:
                 h.remove()
         self._calls = calls
-        reference = outputs[len(self.layers) - 1]
-        self.final = reference  # the last layer's output of the recorded pass
         mode = self.fresh_cache is not None
         if mode in _REPLAY_CHECKED.setdefault(self.model, set()):
             return True  # replay was compared with a full pass on this model once; that suffices

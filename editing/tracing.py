@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.forward import UpperStack, final_logits
+from editing.forward import UpperStack, final_logits, last_hidden
 from editing.hooks import TraceDict
 from editing.request import continuation
 from editing.spec import ModelSpec, spec_for
@@ -76,9 +76,7 @@ def causal_trace(
     def last_probs(input_ids: torch.Tensor) -> torch.Tensor:
         """Next-token distribution at the last position: (batch, vocab).  The vocabulary
         projection runs on that position only."""
-        with TraceDict(model, [spec.layer(depth - 1)]) as tr:
-            model(input_ids=input_ids, use_cache=False)
-            hidden = tr[spec.layer(depth - 1)].output[:, -1]
+        hidden = last_hidden(model, spec, input_ids=input_ids, use_cache=False)[:, -1]
         return final_logits(model, spec, hidden).float().softmax(-1)
 
     # -- clean run: the answer, and every state we may restore
