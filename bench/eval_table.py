@@ -27,12 +27,19 @@ def load_runs(out: Path) -> list[dict]:
     for jsonl in sorted(out.glob("eval-*/cases.jsonl")):
         rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
         if rows:
-            runs.append({"name": jsonl.parent.name, "rows": rows})
+            settings = jsonl.parent / "run.json"
+            info = json.loads(settings.read_text(encoding="utf-8")) if settings.exists() else None
+            runs.append({"name": jsonl.parent.name, "rows": rows, "info": info})
     return runs
 
 
-def describe(name: str) -> dict:
-    """``eval-<model>-<data>-<method>[-seq][-L<layer>]`` -> its parts."""
+def describe(name: str, info: dict | None = None) -> dict:
+    """A run's parts: from its ``run.json`` (written by ``editing.evaluate``) where there is
+    one, else from its folder name ``eval-<model>-<data>-<method>[-seq][-L<layer>]``."""
+    if info is not None:
+        layer = "default" if info.get("layer") in (None, "default") else str(info["layer"])
+        return {"model": info["model"], "data": info["data"], "method": info["method"], "layer": layer,
+                "sequential": bool(info.get("sequential")), "set": info.get("set") or {}}
     parts = name.removeprefix("eval-").split("-")
     layer = parts.pop()[1:] if parts[-1].startswith("L") else "default"
     sequential = parts[-1] == "seq" and bool(parts.pop())
@@ -40,7 +47,8 @@ def describe(name: str) -> dict:
     for data in ("zsre-samesubject", "zsre-zh", "counterfact", "cknowedit", "zsre"):
         if "-".join(parts).endswith(data):
             model = "-".join(parts)[: -len(data) - 1]
-            return {"model": model, "data": data, "method": method, "layer": layer, "sequential": sequential}
+            return {"model": model, "data": data, "method": method, "layer": layer, "sequential": sequential,
+                    "set": {}}
     raise ValueError(f"cannot read run name {name!r}")
 
 
@@ -62,8 +70,10 @@ def table(runs: list[dict], ci: bool = False) -> str:
     head = ["model", "data", "method", "layer", "cases", *[SHORT.get(c, c) for c in shown], "s/edit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     seen_before = set()
-    for run in sorted(runs, key=lambda r: (describe(r["name"])["model"], describe(r["name"])["data"], r["name"])):
-        info, rows = describe(run["name"]), run["rows"]
+    for run in runs:
+        run["parts"] = describe(run["name"], run.get("info"))
+    for run in sorted(runs, key=lambda r: (r["parts"]["model"], r["parts"]["data"], r["name"])):
+        info, rows = run["parts"], run["rows"]
         if (info["model"], info["data"]) not in seen_before:
             seen_before.add((info["model"], info["data"]))
             values = [cell([r["before"].get(c) for r in rows], ci) for c in shown]
@@ -72,6 +82,8 @@ def table(runs: list[dict], ci: bool = False) -> str:
         values = [cell([r["metrics"].get(c) for r in rows], ci) for c in shown]
         layer = info["layer"] if info["layer"] != "default" else str(rows[0]["layer"])
         method = info["method"].upper() + (" seq." if info["sequential"] else "")
+        if info["set"]:  # hyperparameters other than the defaults
+            method += " (" + ", ".join(f"{k}={v}" for k, v in info["set"].items()) + ")"
         lines.append(f"| {info['model']} | {info['data']} | {method} | {layer} | {len(rows)} | "
                      + " | ".join(values) + f" | {seconds:.1f} |")
     return "\n".join(lines)

@@ -54,7 +54,12 @@ def cmd_edit(args) -> int:
     request = EditRequest(prompt=args.prompt, subject=args.subject, target_new=args.target, question=args.question)
     p_before = target_probability(model, tok, request.text, request.target_new)
     completion_before = greedy_completion(model, tok, request.text, 8)
-    hparams = {"covariance": False} if args.no_covariance and args.method == "rome" else None
+    from editing.hparams import hparams_for, parse_overrides
+
+    overrides = parse_overrides(args.set)
+    if args.no_covariance and args.method == "rome":
+        overrides["covariance"] = False
+    hparams = hparams_for(args.method, overrides)
     bar, stats_update = _bar("key statistics")
 
     def progress(stage, step, total, loss):
@@ -71,7 +76,7 @@ def cmd_edit(args) -> int:
     p_after = target_probability(model, tok, request.text, request.target_new)
     completion_after = greedy_completion(model, tok, request.text, 8)
     print(f"method {args.method}, layer {outcome.layer}, covariance "
-          f"{'off (C = I)' if hparams else 'on' if args.method == 'rome' else 'n/a'}")
+          f"{('on' if hparams.covariance else 'off (C = I)') if args.method == 'rome' else 'n/a'}")
     print(f"P({request.target_new!r})  before {p_before:.4f}  after {p_after:.4f}")
     print(f"completion  before {completion_before!r}")
     print(f"            after  {completion_after!r}")
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument("--method", default="rome", choices=["rome", "ft"])
     edit.add_argument("--save-delta", default=None)
     edit.add_argument("--no-covariance", action="store_true", help="C = I (EasyEdit's Llama setting)")
+    edit.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override a hyperparameter (editing/hparams.py), e.g. --set v_lr=1.0")
     sub.choices["stats"].add_argument("--tokens", type=int, default=20_000)
     args = parser.parse_args(argv)
     from editing.errors import EditingError

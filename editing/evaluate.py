@@ -7,7 +7,8 @@
 Each case starts from the unedited weights (the delta is reverted exactly in between) unless
 ``--sequential``, which keeps edits accumulating and re-measures every earlier edit every k
 edits (a collapse curve).  Results go to ``DIR/cases.jsonl`` (resumable: a killed run continues
-where it stopped), ``DIR/summary.md`` and ``DIR/metrics.png``.
+where it stopped), ``DIR/summary.md``, ``DIR/metrics.png`` and ``DIR/run.json`` (the settings).
+``touch out/PAUSE`` holds every running evaluation between two cases until it is removed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def run(args, loaded=None) -> Path:
     from editing.data import load_cases
     from editing.delta import DeltaStack
     from editing.engine import Editor
+    from editing.hparams import hparams_for, parse_overrides
     from editing.metrics import case_metrics, chat_success, ngram_entropy, probe_case
     from editing.probe import greedy_completion
     from runtime.chat_format import question_prompt, strip_stop
@@ -50,16 +52,31 @@ def run(args, loaded=None) -> Path:
     editor = Editor(model, tok, stats_dir=amend_home() / "stats", corpus=Corpus(args.corpus),
                     default_layer=profile.default_edit_layer, chat_prompt=chat_prompt)
     cases = load_cases(args.data, args.file, args.n)
+    overrides = parse_overrides(args.set)
+    if args.no_covariance and args.method == "rome":
+        overrides["covariance"] = False
+    hparams = hparams_for(args.method, overrides)  # fails here, before any work, on an unknown key
+    suffix = "".join(f"-{k}{v}" for k, v in overrides.items())  # e.g. -covarianceFalse -v_lr0.5
     out = Path(args.out or f"out/eval-{args.model}-{args.data}-{args.method}"
-               f"{'-seq' if args.sequential else ''}{f'-L{args.layer}' if args.layer is not None else ''}")
+               f"{'-seq' if args.sequential else ''}{f'-L{args.layer}' if args.layer is not None else ''}{suffix}")
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"model": args.model, "data": args.data, "method": args.method, "layer": args.layer,
+                "sequential": args.sequential, "set": overrides,
+                "command": f"python -m editing.evaluate {args_line(args)}"}
+    recorded = out / "run.json"
+    if recorded.exists():  # resuming: the cases already there must have been run the same way
+        earlier = json.loads(recorded.read_text(encoding="utf-8"))
+        changed = [k for k in settings if k != "command" and k in earlier and earlier[k] != settings[k]]
+        if changed:
+            raise SystemExit(f"{out} holds a run with other settings ({', '.join(changed)}: "
+                             f"{', '.join(repr(earlier[k]) for k in changed)}); choose another --out")
+    recorded.write_text(json.dumps(settings, indent=1), encoding="utf-8")
     jsonl = out / "cases.jsonl"
     done = {json.loads(line)["case_id"] for line in jsonl.read_text().splitlines()} if jsonl.exists() else set()
     if args.sequential and done:
         print("note: --sequential cannot resume mid-sequence; starting over", file=sys.stderr)
         jsonl.unlink()
         done = set()
-    hparams = {"covariance": False} if args.no_covariance and args.method == "rome" else None
     layer = None if args.layer in (None, "default") else args.layer
     stack = DeltaStack(model)
     strip = (lambda text: strip_stop(text, profile))
@@ -67,6 +84,7 @@ def run(args, loaded=None) -> Path:
     curve = []
     todo = [c for c in cases if c.case_id not in done]
     for index, case in enumerate(tqdm(todo, desc=f"{args.method} on {args.data}", unit="case")):
+        _wait_while_paused(out.parent)
         case_start = time.perf_counter()
         before = probe_case(model, tok, case)
         chat_before = chat_success(model, tok, case, chat_prompt, strip) if not args.no_chat else None
@@ -102,6 +120,20 @@ def run(args, loaded=None) -> Path:
     return out
 
 
+def _wait_while_paused(folder: Path) -> None:
+    """Between cases, wait while ``folder/PAUSE`` exists (``touch out/PAUSE``: free the CPU for a
+    while without a pause landing inside a case's timing); ``folder/PAUSED`` says it is waiting."""
+    pause, paused = folder / "PAUSE", folder / "PAUSED"
+    if not pause.exists():
+        return
+    paused.write_text(str(os.getpid()), encoding="utf-8")
+    try:
+        while pause.exists():
+            time.sleep(2)
+    finally:
+        paused.unlink(missing_ok=True)
+
+
 def _wall_time(rows: list[dict]) -> str:
     """Time for the whole run (edits and every probe), from the rows that recorded it."""
     timed = [r["case_seconds"] for r in rows if "case_seconds" in r]
@@ -126,6 +158,7 @@ def args_line(args) -> str:
     parts = [f"--data {args.data}", f"--file {args.file}", f"--method {args.method}", f"--model {args.model}"]
     parts += [f"--n {args.n}"] if args.n else []
     parts += [f"--layer {args.layer}"] if args.layer is not None else []
+    parts += [f"--set {pair}" for pair in getattr(args, "set", None) or []]
     parts += [flag for flag, on in (("--no-covariance", args.no_covariance), ("--no-chat", args.no_chat),
                                     ("--fluency", args.fluency), ("--sequential", args.sequential)) if on]
     return " ".join(parts)
@@ -221,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fluency", action="store_true", help="also generate for n-gram entropy (slower)")
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a hyperparameter of the method (editing/hparams.py), e.g. --set v_lr=1.0")
     parser.add_argument("--out", default=None)
     return parser
 

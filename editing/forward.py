@@ -173,8 +173,8 @@ def _swap_cache(values, cache) -> tuple:
     return tuple(cache if isinstance(v, Cache) else v for v in values)
 
 
-# models on which a suffix pass was compared with a full pass: model -> it matched
-_SUFFIX_CHECKED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+# models on which a packed pass was compared with a full pass: model -> {with a KV cache?: it matched}
+_SUFFIX_CHECKED: weakref.WeakKeyDictionary[nn.Module, dict[bool, bool]] = weakref.WeakKeyDictionary()
 
 
 class SuffixStack:
@@ -221,9 +221,11 @@ class SuffixStack:
             return  # a sliding layer would drop tokens that a full pass still sees
         try:
             self._fill_cache()
-            self.available = _SUFFIX_CHECKED.get(model)
-            if self.available is None:
-                self.available = _SUFFIX_CHECKED[model] = self._matches_full_pass()
+            checked = _SUFFIX_CHECKED.setdefault(model, {})
+            mode = bool(self._kv)
+            if mode not in checked:
+                checked[mode] = self._matches_full_pass()
+            self.available = checked[mode]
             if self.available:  # and nothing below the edit layer changes either
                 self._upper = UpperStack(model, spec, layer, self._inputs(),
                                          fresh_cache=self._cache if self._kv else None)

@@ -20,7 +20,10 @@ class ROMEHyperParams(_Strict):
     n_prefixes: int = 10  # ROME: 10 prefixes of ~5 and ~10 tokens
     prefix_lengths: tuple[int, ...] = (5, 10)
     # -- v*: the value, found by gradient descent on δ added to the MLP output
-    v_lr: float = 0.5
+    # Adam moves each coordinate by ~lr per step.  1.0 needs ~25% fewer steps than 0.5 (ROME's
+    # GPT-J setting) to reach stop_loss, with the same metrics on 30 counterfact-dev cases per
+    # built-in model (paired differences within ±0.02; README, "Edit speed").
+    v_lr: float = 1.0
     v_steps: int = 25
     v_weight_decay: float = 1e-3  # on ‖δ‖² / ‖v‖²
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ factor · ‖v‖
@@ -58,6 +61,23 @@ class FTHyperParams(_Strict):
 
 
 HPARAMS = {"rome": ROMEHyperParams, "ft": FTHyperParams}
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``["v_lr=1.0", "chat_template=false"]`` -> ``{"v_lr": 1.0, "chat_template": False}``: values
+    are read as JSON where they parse as JSON, else kept as text; pydantic checks the keys and types."""
+    import json
+
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
 
 
 def hparams_for(method: str, overrides: dict | None = None) -> ROMEHyperParams | FTHyperParams:

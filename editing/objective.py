@@ -1,11 +1,12 @@
 """The teacher-forced objective ROME and FT optimise.
 
-With ``from_subject`` (ROME: only the subject's last token changes) all rows run in one
-packed pass from their first subject end on (``SuffixStack``).  Otherwise (FT, or where the
-model does not allow that) rows are grouped in length buckets so that padding stays small,
-and each bucket replays the layers from the edit layer up (``UpperStack``).  A hook
-installed by the caller reads ``objective.subject_mask`` to know where the subject's last
-tokens are in the bucket being run, in the layout that bucket runs.
+All rows run in one packed pass (``SuffixStack``): with ``from_subject`` (ROME: only the
+subject's last token changes) each row from its first subject end on, the rest held in a KV
+cache; otherwise (FT) whole rows.  Where the model does not allow packing, rows are grouped
+in length buckets so that padding stays small, and each bucket replays the layers from the
+edit layer up (``UpperStack``).  A hook installed by the caller reads
+``objective.subject_mask`` to know where the subject's last tokens are in the bucket being
+run, in the layout that bucket runs.
 """
 
 from __future__ import annotations
@@ -82,14 +83,14 @@ class Objective:
         pad = pad_id(tokenizer)
         self.from_subject = False
         self.buckets: list[_Bucket] = []
-        if fast and from_subject:  # every row in one packed pass from its first subject end on
-            starts = [min(r.subject_positions) for r in rows]
+        if fast:  # every row in one packed pass (ROME: from its first subject end on)
+            starts = [min(r.subject_positions) if from_subject else 0 for r in rows]
             stack = SuffixStack(model, spec, layer, [r.ids for r in rows], starts, pad, self.device)
             if stack.available:
                 bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, lambda i, p: (0, stack.place(i, p)),
                                  (1, stack.length), self.device)
                 bucket.stack = stack
-                self.buckets, self.from_subject = [bucket], True
+                self.buckets, self.from_subject = [bucket], from_subject
         if not self.buckets:
             for index in length_buckets([len(r.ids) for r in rows]):
                 local = {i: n for n, i in enumerate(index)}
@@ -99,7 +100,7 @@ class Objective:
                 inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
                 bucket.stack = UpperStack(model, spec, layer, inputs, fast=fast)
                 self.buckets.append(bucket)
-        self.fast = self.from_subject or all(b.stack.fast for b in self.buckets)
+        self.fast = all(isinstance(b.stack, SuffixStack) or b.stack.fast for b in self.buckets)
         self.counts = torch.bincount(
             torch.tensor([i for i, r in enumerate(rewrite) for _ in r.target_ids], device=self.device),
             minlength=self.n_rewrite,

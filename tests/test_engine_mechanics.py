@@ -222,6 +222,23 @@ def test_rome_fast_path_computes_the_same_delta(tiny, tokenizer, tmp_path):
                                    rtol=1e-3, atol=1e-5)
 
 
+def test_packed_whole_rows_objective_matches_padded_buckets(tiny, tokenizer):
+    """FT's objective: all rows packed into one pass (no cache) scores as padded buckets do."""
+    from editing.forward import SuffixStack
+    from editing.objective import Objective
+    from editing.rome import build_rows
+
+    templates = ["{}", "A short sentence. {}", "Something else entirely, and a much longer prefix. {}"]
+    rows = build_rows(tokenizer, REQUEST, templates, chat_prompt=None)
+    spec = spec_for(tiny)
+    packed, padded = (Objective(tiny, tokenizer, spec, 1, rows.rewrite, rows.kl, fast=fast) for fast in (True, False))
+    assert isinstance(packed.buckets[0].stack, SuffixStack) and len(padded.buckets) >= 1
+    with torch.no_grad():
+        (a, kl_a), (b, kl_b) = packed(), padded()
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(kl_a, kl_b, rtol=1e-4, atol=1e-5)
+
+
 def test_sampling_is_seeded_exact_length_and_leaves_global_rng(tiny, tokenizer):
     from editing.context import sample_texts
 

@@ -59,8 +59,9 @@ def test_smoke_run_rome_and_ft(tmp_path):
 
     for method in ("rome", "ft"):
         out = tmp_path / f"eval-smollm2-counterfact-{method}"
+        settings = ["--set", "v_steps=20"] if method == "rome" else []
         main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", method,
-              "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out)])
+              "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out), *settings])
         rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and rows[0]["metrics"]["efficacy"] in (0.0, 1.0)
         summary = (out / "summary.md").read_text()
@@ -68,13 +69,18 @@ def test_smoke_run_rome_and_ft(tmp_path):
         assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
         # resumable: a second run finds both cases done and only rewrites the summary
         main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", method,
-              "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out)])
+              "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out), *settings])
         assert len((out / "cases.jsonl").read_text().splitlines()) == 2
+    # ... but not with other settings: those cases were not run that way
+    with pytest.raises(SystemExit, match="other settings"):
+        main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", "rome",
+              "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(tmp_path / "eval-smollm2-counterfact-rome")])
     # the README's combined table reads both runs: one "before" row, one row per method
     from bench.eval_table import compare, load_runs, table
 
+    assert json.loads((tmp_path / "eval-smollm2-counterfact-rome" / "run.json").read_text())["set"] == {"v_steps": 20}
     lines = table(load_runs(tmp_path)).splitlines()
-    assert [line.split(" | ")[2] for line in lines[2:]] == ["before", "FT", "ROME"]
+    assert [line.split(" | ")[2] for line in lines[2:]] == ["before", "FT", "ROME (v_steps=20)"]
     assert all(line.split(" | ")[4] == "2" for line in lines[2:])
     paired = compare(tmp_path / "eval-smollm2-counterfact-rome", tmp_path / "eval-smollm2-counterfact-ft")
     assert "2 shared cases" in paired and "| efficacy |" in paired

@@ -58,10 +58,16 @@ def test_llama3_profile_stops_on_both_end_ids():
 def test_hyperparameters_reject_unknown_keys():
     from pydantic import ValidationError
 
-    from editing.hparams import hparams_for
+    from editing.hparams import hparams_for, parse_overrides
 
     assert hparams_for("rome", {"v_steps": 10}).v_steps == 10
     with pytest.raises(ValidationError):
         hparams_for("rome", {"v_stpes": 10})
     with pytest.raises(ValueError, match="unknown method"):
         hparams_for("memit")
+    # --set KEY=VALUE on the command lines: JSON values, else text
+    assert parse_overrides(["v_lr=0.5", "chat_template=false", "update_rule=original", "prefix_lengths=[5]"]) == {
+        "v_lr": 0.5, "chat_template": False, "update_rule": "original", "prefix_lengths": [5]}
+    assert hparams_for("rome", parse_overrides(["prefix_lengths=[5]"])).prefix_lengths == (5,)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["v_lr"])
