@@ -46,15 +46,18 @@ def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
     result = {"model": alias, "layer": editor.default_layer, "statistics_s": round(stats_s, 1),
               "statistics_cached": editor.covariance.last_from_cache}
     for method in ("rome", "ft"):
-        times, probs = [], []
+        times, probs, steps = [], [], []
         for case in cases:
             t0 = time.perf_counter()
             outcome = editor.compute(case.request, method)
             times.append(time.perf_counter() - t0)
             probs.append(outcome.target_prob)
+            steps.append(len(outcome.losses))
             stack.apply(outcome.delta)
             stack.revert(outcome.delta.id)
         result[f"{method}_median_s"] = round(statistics.median(times), 2)
+        result[f"{method}_max_s"] = round(max(times), 2)
+        result[f"{method}_median_steps"] = statistics.median(steps)
         result[f"{method}_mean_target_prob"] = round(statistics.mean(probs), 3)
     result["peak_rss_mb"] = round(peak_rss_mb())
     if fresh_stats:
