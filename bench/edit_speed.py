@@ -5,7 +5,7 @@ per layer and cached; their time is reported apart), plus peak RSS.  Each model 
 own process.  With a CUDA GPU, ``--gpu`` times ROME on a Llama-3-8B-shaped model with random
 bf16 weights (timing depends on shapes, not values).
 
-    python -m bench.edit_speed [--n 5] [--fresh-stats]   (--fresh-stats: time statistics from scratch)
+    python -m bench.edit_speed [--n 10] [--fresh-stats]   (--fresh-stats: time statistics from scratch)
     python -m bench.edit_speed --gpu
 """
 
@@ -109,7 +109,7 @@ def main() -> None:
         return
     from bench.common import markdown_table, run_child
 
-    n = int(args[args.index("--n") + 1]) if "--n" in args else 5
+    n = int(args[args.index("--n") + 1]) if "--n" in args else 10
     fresh = ["--fresh-stats"] if "--fresh-stats" in args else []
     rows = [run_child("bench.edit_speed", "--measure", alias, str(n), *fresh) for alias in ("smollm2", "gemma3-270m")]
     print(markdown_table(rows, list(rows[0])))
