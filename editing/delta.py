@@ -159,6 +159,9 @@ class DeltaStack:
         param = self._param(name)
         original = self._originals[name]
         deltas = [d for d in self._applied.values() if d.param == name]
+        # the weights are a function of which deltas are applied (W₀ + Σ Δᵢ, recomputed from
+        # W₀): caches of model outputs (``editing.forward.PrefixCache``) key on this
+        self.model._amend_weights_state = tuple(self._applied)
         with torch.no_grad():
             if not deltas:
                 param.copy_(original)

@@ -22,6 +22,7 @@ from editing.covariance import Corpus, CovarianceCache
 from editing.delta import WeightDelta
 from editing.errors import LayerOutOfRange
 from editing.fingerprint import model_fingerprint
+from editing.forward import PrefixCache
 from editing.ft import compute_ft_delta
 from editing.hparams import FTHyperParams, ROMEHyperParams, hparams_for
 from editing.lens import choose_layer, logit_lens
@@ -69,6 +70,7 @@ class Editor:
         self.chat_prompt = chat_prompt
         self._default_layer = default_layer
         self._templates: dict[tuple, list[str]] = {}
+        self.prefix_cache = PrefixCache()  # the prompts' prefix keys/values, shared by edits
 
     @property
     def default_layer(self) -> int:
@@ -87,8 +89,9 @@ class Editor:
         return layer
 
     def invalidate(self) -> None:
-        """Forget what was sampled from the model (call after its weights changed)."""
+        """Forget what was sampled from or computed by the model (call after its weights changed)."""
         self._templates.clear()
+        self.prefix_cache.clear()
 
     def templates(self, language: str, n: int, lengths: tuple[int, ...]) -> list[str]:
         key = (language, n, lengths)
@@ -127,7 +130,7 @@ class Editor:
             result = compute_rome_delta(
                 self.model, self.tokenizer, request, hparams, self.spec, layer,
                 templates=templates, covariance=covariance, chat_prompt=chat_prompt,
-                locality_prompts=list(locality_prompts), progress=progress,
+                locality_prompts=list(locality_prompts), progress=progress, prefix_cache=self.prefix_cache,
             )
         elif method == "ft":
             assert isinstance(hparams, FTHyperParams)

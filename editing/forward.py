@@ -88,48 +88,62 @@ class UpperStack:
         *,
         fast: bool = True,
         fresh_cache: Callable[[], Any] | None = None,
+        lazy: bool = False,
     ) -> None:
         self.model, self.spec, self.layer = model, spec, layer
         self.inputs = {"use_cache": False, **inputs}
         self.fresh_cache = fresh_cache
         self.layers = model.get_submodule(spec.layers)
         self._calls: list[tuple[tuple, dict]] = []
-        self.fast = False
-        if fast:
-            try:
-                self.fast = self._record()
-            except Exception as exc:  # noqa: BLE001 - any failure means: use full passes
-                log.info("layer replay unavailable (%s); using full forward passes", exc)
+        self.fast = fast
+        self._pending = fast and lazy  # record during the first hidden() (an optimiser's first step)
+        if fast and not lazy:
+            with torch.no_grad():
+                self._record_or_fall_back()
+
+    def _record_or_fall_back(self) -> torch.Tensor | None:
+        """One full pass that records every upper layer's inputs; its output, or None where the
+        replay cannot be used (then ``fast`` is False and passes are full from now on)."""
+        try:
+            output, self.fast = self._record()
+        except Exception as exc:  # noqa: BLE001 - any failure means: use full passes
+            log.info("layer replay unavailable (%s); using full forward passes", exc)
+            output, self.fast = None, False
         if not self.fast:
             self._calls.clear()
+        return output
 
-    def _record(self) -> bool:
+    def _record(self) -> tuple[torch.Tensor, bool]:
         calls: list[tuple[tuple, dict]] = [None] * (len(self.layers) - self.layer)  # type: ignore[list-item]
         handles = []
         for i in range(self.layer, len(self.layers)):
 
             def pre(_m, args, kwargs, i=i):
+                # detached: within a first optimisation step the upper layers' inputs are part
+                # of its graph; the replay needs only their masks and positions (and layer's input)
+                args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+                if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+                    kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
                 calls[i - self.layer] = (args, dict(kwargs))
 
             handles.append(self.layers[i].register_forward_pre_hook(pre, with_kwargs=True))
         try:
-            with torch.no_grad():
-                reference = last_hidden(self.model, self.spec, **self._pass_inputs())
+            output = last_hidden(self.model, self.spec, **self._pass_inputs())
         finally:
             for h in handles:
                 h.remove()
         self._calls = calls
         mode = self.fresh_cache is not None
         if mode in _REPLAY_CHECKED.setdefault(self.model, set()):
-            return True  # replay was compared with a full pass on this model once; that suffices
+            return output, True  # replay was compared with a full pass on this model once; that suffices
         with torch.no_grad():
             replayed = self._replay()
-        ok = same_result(replayed, reference)
+        ok = same_result(replayed, output.detach())
         if ok:
             _REPLAY_CHECKED[self.model].add(mode)
         else:
-            log.info("layer replay differs from the full pass by %.2e", (replayed - reference).abs().max())
-        return ok
+            log.info("layer replay differs from the full pass by %.2e", (replayed - output.detach()).abs().max())
+        return output, ok
 
     def _replay(self) -> torch.Tensor:
         return self.replay_from(self.layer, self.input_of(self.layer))
@@ -157,6 +171,11 @@ class UpperStack:
 
     def hidden(self) -> torch.Tensor:
         """Hidden states after the last layer, before the final norm: (batch, seq, d)."""
+        if self._pending:  # this full pass is the recording one
+            self._pending = False
+            output = self._record_or_fall_back()
+            if output is not None:
+                return output
         if self.fast:
             return self._replay()
         return last_hidden(self.model, self.spec, **self._pass_inputs())
@@ -171,6 +190,94 @@ def _swap_cache(values, cache) -> tuple:
     from transformers.cache_utils import Cache
 
     return tuple(cache if isinstance(v, Cache) else v for v in values)
+
+
+def _packed_mask(model: nn.Module, cached: list[int], run: list[int], device: torch.device) -> torch.Tensor:
+    """The 4D attention mask of a packed pass: row i has ``cached[i]`` tokens in the KV cache
+    (all rows' cached tokens first, in row order) and ``run[i]`` tokens in the packed input;
+    token j of row i sees row i's cached tokens and row i's run tokens up to itself."""
+    row_of_key = torch.tensor([i for i, n in enumerate(cached) for _ in range(n)]
+                              + [i for i, n in enumerate(run) for _ in range(n)])
+    n_cached, n_run = sum(cached), sum(run)
+    allowed = row_of_key[n_cached:, None] == row_of_key[None, :]
+    allowed[:, n_cached:] &= torch.ones(n_run, n_run, dtype=torch.bool).tril()
+    dtype = next(model.parameters()).dtype
+    if getattr(model.config, "_attn_implementation", "sdpa") == "eager":  # additive float mask
+        return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None].to(device)
+    return allowed[None, None].to(device)
+
+
+def _plain_cache(per_layer: list[tuple[torch.Tensor, torch.Tensor]]):
+    """A DynamicCache holding ``per_layer`` (keys, values) of shape (1, heads, tokens, d), with
+    plain layers only: a sliding-window layer would keep just its last ``window`` tokens of
+    several rows' packed tokens, while each row (shorter than the window) needs all of its own."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for index, (keys, values) in enumerate(per_layer):
+        cache.update(keys, values, index)
+    return cache
+
+
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (heads, tokens, d)
+
+
+class PrefixCache:
+    """Keys and values of prompt prefixes already run, for reuse by later edits.
+
+    An edit's rows share most of their prefixes with the previous edit's: the same sampled
+    contexts and the same chat preamble, then a different prompt.  Attention is causal, so
+    the keys and values of the first n tokens depend on those n tokens only: a stored prefix
+    serves any row that starts with the same n tokens, and only the rest is run.
+
+    Valid while the weights stay as they were when an entry was stored: it empties itself
+    when ``DeltaStack`` has changed the set of applied deltas since (apply, then revert,
+    restores the weights bit for bit and the entries with them), and ``clear()`` is for any
+    other change of the weights (``Editor.invalidate``).
+    """
+
+    def __init__(self, max_entries: int = 64, min_shared: int = 8) -> None:
+        self.max_entries, self.min_shared = max_entries, min_shared
+        self._entries: dict[tuple[int, ...], LayerKV] = {}  # in least- to most-recently used order
+        self._state: object = None
+        self.hits = self.misses = 0
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _check(self, model: nn.Module) -> None:
+        state = getattr(model, "_amend_weights_state", ())
+        if state != self._state:
+            self._entries.clear()
+            self._state = state
+
+    def longest(self, model: nn.Module, ids: list[int]) -> tuple[int, LayerKV | None]:
+        """(n, per-layer keys/values of ``ids[:n]``) for the stored prefix sharing the most
+        leading tokens with ``ids``; (0, None) below ``min_shared`` tokens."""
+        self._check(model)
+        best, best_key = 0, None
+        for key in self._entries:
+            n = 0
+            for a, b in zip(key, ids):
+                if a != b:
+                    break
+                n += 1
+            if n > best:
+                best, best_key = n, key
+        if best < self.min_shared or best_key is None:
+            self.misses += 1
+            return 0, None
+        self.hits += 1
+        kv = self._entries.pop(best_key)
+        self._entries[best_key] = kv  # most recently used
+        return best, [(k[:, :best], v[:, :best]) for k, v in kv]
+
+    def store(self, model: nn.Module, ids: list[int], kv: LayerKV) -> None:
+        self._check(model)
+        self._entries.pop(tuple(ids), None)
+        self._entries[tuple(ids)] = [(k.detach().clone(), v.detach().clone()) for k, v in kv]
+        while len(self._entries) > self.max_entries:
+            del self._entries[next(iter(self._entries))]
 
 
 # models on which a packed pass was compared with a full pass: model -> {with a KV cache?: it matched}
@@ -190,29 +297,18 @@ class SuffixStack:
     """
 
     def __init__(self, model: nn.Module, spec: ModelSpec, layer: int, rows: list[list[int]], starts: list[int],
-                 pad_id: int, device: torch.device) -> None:
+                 pad_id: int, device: torch.device, prefix_cache: PrefixCache | None = None) -> None:
         self.model, self.spec = model, spec
         self.starts = starts
         tails = [len(r) - s for r, s in zip(rows, starts)]
         self.offsets = [sum(tails[:i]) for i in range(len(rows))]  # where each row's tail begins
         self.length = sum(tails)
-        cached = sum(starts)
         ids = [t for r, s in zip(rows, starts) for t in r[s:]]
         self.input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         self._positions = torch.tensor([[s + j for s, n in zip(starts, tails) for j in range(n)]], device=device)
-        # token j of row i sees row i's cached prefix and row i's tail up to itself
-        row_of_key = torch.tensor([i for i, s in enumerate(starts) for _ in range(s)]
-                                  + [i for i, n in enumerate(tails) for _ in range(n)])
-        row_of_query = row_of_key[cached:]
-        allowed = row_of_query[:, None] == row_of_key[None, :]
-        allowed[:, cached:] &= torch.ones(self.length, self.length, dtype=torch.bool).tril()
-        dtype = next(model.parameters()).dtype
-        if getattr(model.config, "_attn_implementation", "sdpa") == "eager":  # additive float mask
-            mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        else:
-            mask = allowed
-        self._mask = mask[None, None].to(device)
+        self._mask = _packed_mask(model, starts, tails, device)
         self._rows, self._pad_id, self._device = rows, pad_id, device
+        self._prefix_cache = prefix_cache
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._upper: UpperStack | None = None
         self.available = False
@@ -228,7 +324,7 @@ class SuffixStack:
             self.available = checked[mode]
             if self.available:  # and nothing below the edit layer changes either
                 self._upper = UpperStack(model, spec, layer, self._inputs(),
-                                         fresh_cache=self._cache if self._kv else None)
+                                         fresh_cache=self._cache if self._kv else None, lazy=True)
         except Exception as exc:  # noqa: BLE001 - any failure means: use the full rows
             log.info("prefix caching unavailable (%s); running whole rows", exc)
             self.available = False
@@ -239,41 +335,58 @@ class SuffixStack:
 
     @torch.no_grad()
     def _fill_cache(self) -> None:
-        from editing.tokens import length_buckets, pad_batch
-
+        """Keys and values of every row's prefix (its tokens before ``start``): the part a
+        previous edit already ran comes from the prefix cache, the rest runs in one packed pass."""
         with_prefix = [i for i, s in enumerate(self.starts) if s]
         if not with_prefix:
             return
-        pieces: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # row -> per layer (keys, values)
-        # prefixes of very different lengths (a few-shot chat prompt, short sampled contexts)
-        # run in separate batches so that padding stays small
-        for group in length_buckets([self.starts[i] for i in with_prefix]):
-            rows = [with_prefix[g] for g in group]
-            batch = pad_batch([self._rows[i][: self.starts[i]] for i in rows], self._pad_id, self._device)
-            cache = self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                          use_cache=True).past_key_values
-            for n, i in enumerate(rows):
-                pieces[i] = [(layer.keys[n, :, : self.starts[i]], layer.values[n, :, : self.starts[i]])
-                             for layer in cache.layers]
+        prefixes = [self._rows[i][: self.starts[i]] for i in with_prefix]
+        known: list[LayerKV | None] = []
+        for prefix in prefixes:
+            n, kv = self._prefix_cache.longest(self.model, prefix) if self._prefix_cache else (0, None)
+            known.append(kv)
+        n_known = [0 if kv is None else kv[0][0].shape[1] for kv in known]
+        rests = [prefix[n:] for prefix, n in zip(prefixes, n_known)]
+        n_layers = len(self.model.get_submodule(self.spec.layers))
+        stored = [kv for kv in known if kv is not None]
+        run_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if any(rests):
+            cache = _plain_cache([
+                (torch.cat([kv[layer][0] for kv in stored], 1)[None], torch.cat([kv[layer][1] for kv in stored], 1)[None])
+                for layer in range(n_layers)
+            ] if stored else [])
+            ids = torch.tensor([[t for rest in rests for t in rest]], dtype=torch.long, device=self._device)
+            positions = torch.tensor([[n + j for n, rest in zip(n_known, rests) for j in range(len(rest))]],
+                                     device=self._device)
+            mask = _packed_mask(self.model, n_known, [len(r) for r in rests], self._device)
+            layers = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                           past_key_values=cache, use_cache=True).past_key_values.layers
+            run_kv = [(layer.keys[0, :, sum(n_known):], layer.values[0, :, sum(n_known):]) for layer in layers]
+        pieces: list[LayerKV] = []
+        offset = 0
+        for kv, rest, prefix in zip(known, rests, prefixes):
+            new = [(keys[:, offset : offset + len(rest)], values[:, offset : offset + len(rest)])
+                   for keys, values in run_kv]
+            offset += len(rest)
+            if kv is None:
+                piece = new
+            elif not rest:
+                piece = kv
+            else:
+                piece = [(torch.cat([k, nk], 1), torch.cat([v, nv], 1)) for (k, v), (nk, nv) in zip(kv, new)]
+            pieces.append(piece)
+            if self._prefix_cache is not None:
+                self._prefix_cache.store(self.model, prefix, piece)
         # per layer: (1, heads, Σ prefix lengths, d), rows in order
         self._kv = [
-            (torch.cat([pieces[i][layer][0] for i in with_prefix], 1)[None],
-             torch.cat([pieces[i][layer][1] for i in with_prefix], 1)[None])
-            for layer in range(len(pieces[with_prefix[0]]))
+            (torch.cat([piece[layer][0] for piece in pieces], 1)[None],
+             torch.cat([piece[layer][1] for piece in pieces], 1)[None])
+            for layer in range(n_layers)
         ]
 
     def _cache(self):
-        from transformers import DynamicCache
-
-        if not self._kv:
-            return None
-        # Fresh each pass (a pass appends to it), and with plain layers only: a sliding-window
-        # layer would keep just its last `window` tokens of the packed prefixes, while each row
-        # (shorter than the window, checked above) needs all of its own.  The mask does the rest.
-        cache = DynamicCache()
-        for index, (keys, values) in enumerate(self._kv):
-            cache.update(keys, values, index)
-        return cache
+        # fresh each pass: a pass appends its own keys and values to the cache
+        return _plain_cache(self._kv) if self._kv else None
 
     @torch.no_grad()
     def _matches_full_pass(self) -> bool:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.forward import SuffixStack, UpperStack, final_logits
+from editing.forward import PrefixCache, SuffixStack, UpperStack, final_logits
 from editing.spec import ModelSpec
 from editing.tokens import PromptTarget, length_buckets, pad_batch, pad_id
 
@@ -75,6 +75,7 @@ class Objective:
         *,
         fast: bool = True,
         from_subject: bool = False,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         self.model, self.spec = model, spec
         self.device = next(model.parameters()).device
@@ -85,7 +86,7 @@ class Objective:
         self.buckets: list[_Bucket] = []
         if fast:  # every row in one packed pass (ROME: from its first subject end on)
             starts = [min(r.subject_positions) if from_subject else 0 for r in rows]
-            stack = SuffixStack(model, spec, layer, [r.ids for r in rows], starts, pad, self.device)
+            stack = SuffixStack(model, spec, layer, [r.ids for r in rows], starts, pad, self.device, prefix_cache)
             if stack.available:
                 bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, lambda i, p: (0, stack.place(i, p)),
                                  (1, stack.length), self.device)

@@ -33,6 +33,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
+from editing.forward import PrefixCache
 from editing.hparams import ROMEHyperParams
 from editing.objective import Objective
 from editing.request import EditRequest
@@ -103,11 +104,13 @@ def compute_rome_delta(
     chat_prompt: ChatPromptFn | None = None,
     locality_prompts: list[str] = (),
     progress: ProgressFn | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> ROMEResult:
     """Compute ROME's rank-one delta for ``request`` at ``layer``; the model is left unchanged.
 
     ``templates`` are the context templates (``"{}"`` first, then sampled prefixes);
-    ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I.
+    ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I; ``prefix_cache`` keeps
+    the prompts' prefix keys/values for the next edit (``editing.forward.PrefixCache``).
     """
     start = time.perf_counter()
     report = progress or (lambda *a: None)
@@ -115,7 +118,7 @@ def compute_rome_delta(
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,
                       locality_prompts=locality_prompts if hparams.locality_kl_factor > 0 else [])
     objective = Objective(model, tokenizer, spec, layer, rows.rewrite, rows.kl,
-                          fast=hparams.fast_upper_layers, from_subject=True)
+                          fast=hparams.fast_upper_layers, from_subject=True, prefix_cache=prefix_cache)
 
     # -- steps 1 and 2: k* and v = W k* are read at the edit layer during the first pass (δ = 0):
     # the mean input and output of the MLP projection at the subject (v = W k* as it is linear)

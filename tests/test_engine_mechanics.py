@@ -177,15 +177,17 @@ def _suffix_rows(tokenizer):
     return rows, starts
 
 
-def _check_suffix_stack(model, tokenizer, copies: int = 1):
-    """The packed, prefix-cached pass gives the full pass's hidden states at every run position."""
+def _check_suffix_stack(model, tokenizer, copies: int = 1, shift: int = 0, prefix_cache=None):
+    """The packed, prefix-cached pass gives the full pass's hidden states at every run position
+    (``shift``: each cached prefix one token longer than ``_suffix_rows`` says)."""
     from editing.forward import SuffixStack, last_hidden, same_result
     from editing.tokens import pad_batch, pad_id
 
     spec = spec_for(model)
     rows, starts = _suffix_rows(tokenizer)
+    starts = [s + shift if s else 0 for s in starts]
     rows, starts = rows * copies, starts * copies
-    stack = SuffixStack(model, spec, 1, rows, starts, pad_id(tokenizer), torch.device("cpu"))
+    stack = SuffixStack(model, spec, 1, rows, starts, pad_id(tokenizer), torch.device("cpu"), prefix_cache)
     assert stack.available and stack._upper is not None and stack._upper.fast
     full = pad_batch(rows, pad_id(tokenizer), torch.device("cpu"))
     with torch.no_grad():
@@ -200,11 +202,52 @@ def test_prefix_cached_pass_matches_full_pass(tiny, tokenizer):
     _check_suffix_stack(tiny, tokenizer)
 
 
+def test_prefixes_reused_from_an_earlier_pass_match_full_pass(tiny, tokenizer):
+    """Prefixes served by the prefix cache (whole, or extended by the tokens a row adds)."""
+    from editing.forward import PrefixCache
+
+    cache = PrefixCache(min_shared=2)
+    _check_suffix_stack(tiny, tokenizer, prefix_cache=cache)
+    assert cache.misses == 3 and cache.hits == 0
+    _check_suffix_stack(tiny, tokenizer, prefix_cache=cache)  # every prefix known
+    _check_suffix_stack(tiny, tokenizer, shift=1, prefix_cache=cache)  # known + one more token each
+    assert cache.hits == 6
+
+
 @pytest.mark.parametrize("name", ["smollm2", "gemma"])
 def test_prefix_cached_pass_matches_full_pass_builtin(name, request):
+    from editing.forward import PrefixCache
+
     loaded = request.getfixturevalue(name)
+    cache = PrefixCache()
     # 24 copies: ~700 cached prefix tokens in all, past gemma's 512-token sliding window
-    _check_suffix_stack(loaded.model, loaded.tokenizer, copies=24)
+    _check_suffix_stack(loaded.model, loaded.tokenizer, copies=24, prefix_cache=cache)
+    _check_suffix_stack(loaded.model, loaded.tokenizer, copies=24, shift=1, prefix_cache=cache)
+    assert cache.hits >= 24
+
+
+def test_prefix_cache_gives_the_same_delta_and_empties_when_weights_change(tiny, tokenizer, tmp_path):
+    from editing.forward import PrefixCache
+
+    spec = spec_for(tiny)
+    templates = editor(tiny, tokenizer, tmp_path).templates("en", 3, (5, 10))
+    hparams = ROMEHyperParams(**FAST)
+    cache = PrefixCache(min_shared=2)
+    first = EditRequest(prompt="The Colosseum is located in the city of", subject="Colosseum", target_new="Paris")
+    compute_rome_delta(tiny, tokenizer, first, hparams, spec, 1, templates=templates, covariance=None,
+                       prefix_cache=cache)
+    warm = compute_rome_delta(tiny, tokenizer, REQUEST, hparams, spec, 1, templates=templates, covariance=None,
+                              prefix_cache=cache)
+    assert cache.hits >= 3  # the sampled contexts were run by the first edit
+    cold = compute_rome_delta(tiny, tokenizer, REQUEST, hparams, spec, 1, templates=templates, covariance=None)
+    for name in ("u", "v"):
+        torch.testing.assert_close(warm.delta.tensors[name], cold.delta.tensors[name], rtol=1e-4, atol=1e-6)
+    stack = DeltaStack(tiny)
+    stack.apply(warm.delta)  # other weights: nothing stored before may be served
+    try:
+        assert cache.longest(tiny, [0, 1, 2])[1] is None and not cache._entries
+    finally:
+        stack.revert(warm.delta.id)
 
 
 def test_rome_fast_path_computes_the_same_delta(tiny, tokenizer, tmp_path):
