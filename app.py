@@ -84,6 +84,7 @@ def build_assistant(settings: Settings):
     service = EditService(loaded, editor, edit_log, passwords, settings.state_dir / "deltas", lock=lock, chat=chat,
                           default_method=settings.method)
     _precompute_statistics(editor)
+    _sample_contexts(editor, lock)
     problems = service.replay() if settings.replay else []
     use_llm = settings.intent == "llm" or (settings.intent == "auto" and settings.model not in BUILTIN_PROFILES)
     generate = None
@@ -115,6 +116,27 @@ def _precompute_statistics(editor) -> None:
 
     log.info("computing key statistics for layer %d in the background (first run only)", editor.default_layer)
     threading.Thread(target=work, name="statistics", daemon=True).start()
+
+
+def _sample_contexts(editor, lock) -> None:
+    """Sample ROME's context prefixes (English and Chinese) in the background at start-up
+    (2–5 s each on a CPU), so the first edit does not wait for them; they are kept for the
+    session."""
+    import threading
+
+    from editing.hparams import ROMEHyperParams
+
+    hparams = ROMEHyperParams()
+
+    def work() -> None:
+        try:
+            with lock.read():  # not while replayed edits are being written
+                for language in ("en", "zh"):
+                    editor.templates(language, hparams.n_prefixes, hparams.prefix_lengths)
+        except Exception:  # noqa: BLE001 - the first edit samples (and reports) them instead
+            log.exception("sampling context prefixes failed")
+
+    threading.Thread(target=work, name="contexts", daemon=True).start()
 
 
 # -- the page -----------------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 edit needs (sampled prefixes, key statistics) and computes deltas with any method.
 
 It never writes weights: ``compute`` returns a ``WeightDelta``; ``editing.delta.DeltaStack``
-applies it.  Call ``invalidate()`` after the weights change so that cached prefixes are
-sampled again from the edited model.
+applies it.  Call ``invalidate()`` after the weights change some other way than through
+``DeltaStack`` (which the prefix cache follows by itself).  The sampled context prefixes are
+text and are kept for the editor's lifetime, as the ROME reference implementation keeps its
+context templates for the whole process, also across sequential edits.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +73,7 @@ class Editor:
         self.chat_prompt = chat_prompt
         self._default_layer = default_layer
         self._templates: dict[tuple, list[str]] = {}
+        self._sampling = threading.Lock()
         self.prefix_cache = PrefixCache()  # the prompts' prefix keys/values, shared by edits
 
     @property
@@ -89,14 +93,15 @@ class Editor:
         return layer
 
     def invalidate(self) -> None:
-        """Forget what was sampled from or computed by the model (call after its weights changed)."""
-        self._templates.clear()
+        """Forget what was computed from the current weights (call after they changed)."""
         self.prefix_cache.clear()
 
     def templates(self, language: str, n: int, lengths: tuple[int, ...]) -> list[str]:
         key = (language, n, lengths)
-        if key not in self._templates:
-            self._templates[key] = sample_prefixes(self.model, self.tokenizer, language=language, n=n, lengths=lengths)
+        with self._sampling:  # an edit arriving while the app samples these at start-up waits for them
+            if key not in self._templates:
+                self._templates[key] = sample_prefixes(self.model, self.tokenizer, language=language, n=n,
+                                                       lengths=lengths)
         return self._templates[key]
 
     def statistics(self, layer: int, n_tokens: int, progress=None):

@@ -111,7 +111,7 @@ def run(args, loaded=None) -> Path:
             applied.append(case)
             if (index + 1) % args.every == 0 or index + 1 == len(todo):
                 curve.append(_remeasure(model, tok, applied, index + 1))
-            editor.invalidate()  # the weights changed: prefixes are sampled from the edited model
+            editor.invalidate()  # the weights changed: nothing computed from the old ones is reused
         else:
             stack.revert(outcome.delta.id)  # bit-identical again: the sampled prefixes stay valid
     stack.revert_all()
