@@ -25,7 +25,7 @@ from editing.covariance import Corpus, CovarianceCache
 from editing.delta import WeightDelta
 from editing.errors import LayerOutOfRange
 from editing.fingerprint import model_fingerprint
-from editing.forward import PrefixCache
+from editing.suffix import PrefixCache
 from editing.ft import compute_ft_delta
 from editing.hparams import FTHyperParams, ROMEHyperParams, hparams_for
 from editing.lens import choose_layer, logit_lens

@@ -33,7 +33,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
-from editing.forward import PrefixCache
+from editing.suffix import PrefixCache
 from editing.hparams import ROMEHyperParams
 from editing.objective import Objective
 from editing.request import EditRequest
@@ -110,7 +110,7 @@ def compute_rome_delta(
 
     ``templates`` are the context templates (``"{}"`` first, then sampled prefixes);
     ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I; ``prefix_cache`` keeps
-    the prompts' prefix keys/values for the next edit (``editing.forward.PrefixCache``).
+    the prompts' prefix keys/values for the next edit (``editing.suffix.PrefixCache``).
     """
     start = time.perf_counter()
     report = progress or (lambda *a: None)

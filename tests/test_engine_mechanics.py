@@ -180,7 +180,8 @@ def _suffix_rows(tokenizer):
 def _check_suffix_stack(model, tokenizer, copies: int = 1, shift: int = 0, prefix_cache=None):
     """The packed, prefix-cached pass gives the full pass's hidden states at every run position
     (``shift``: each cached prefix one token longer than ``_suffix_rows`` says)."""
-    from editing.forward import SuffixStack, last_hidden, same_result
+    from editing.forward import last_hidden, same_result
+    from editing.suffix import SuffixStack
     from editing.tokens import pad_batch, pad_id
 
     spec = spec_for(model)
@@ -204,7 +205,7 @@ def test_prefix_cached_pass_matches_full_pass(tiny, tokenizer):
 
 def test_prefixes_reused_from_an_earlier_pass_match_full_pass(tiny, tokenizer):
     """Prefixes served by the prefix cache (whole, or extended by the tokens a row adds)."""
-    from editing.forward import PrefixCache
+    from editing.suffix import PrefixCache
 
     cache = PrefixCache(min_shared=2)
     _check_suffix_stack(tiny, tokenizer, prefix_cache=cache)
@@ -216,7 +217,7 @@ def test_prefixes_reused_from_an_earlier_pass_match_full_pass(tiny, tokenizer):
 
 @pytest.mark.parametrize("name", ["smollm2", "gemma"])
 def test_prefix_cached_pass_matches_full_pass_builtin(name, request):
-    from editing.forward import PrefixCache
+    from editing.suffix import PrefixCache
 
     loaded = request.getfixturevalue(name)
     cache = PrefixCache()
@@ -227,7 +228,7 @@ def test_prefix_cached_pass_matches_full_pass_builtin(name, request):
 
 
 def test_prefix_cache_gives_the_same_delta_and_empties_when_weights_change(tiny, tokenizer, tmp_path):
-    from editing.forward import PrefixCache
+    from editing.suffix import PrefixCache
 
     spec = spec_for(tiny)
     templates = editor(tiny, tokenizer, tmp_path).templates("en", 3, (5, 10))
@@ -267,7 +268,7 @@ def test_rome_fast_path_computes_the_same_delta(tiny, tokenizer, tmp_path):
 
 def test_packed_whole_rows_objective_matches_padded_buckets(tiny, tokenizer):
     """FT's objective: all rows packed into one pass (no cache) scores as padded buckets do."""
-    from editing.forward import SuffixStack
+    from editing.suffix import SuffixStack
     from editing.objective import Objective
     from editing.rome import build_rows
 
