@@ -2,7 +2,8 @@
 # The evaluation runs behind the README's result tables, in the order they were run.
 # Each run is resumable (out/<name>/cases.jsonl): rerunning this script continues where it stopped.
 # `touch out/PAUSE` holds a run between two cases (to time something else); `rm out/PAUSE` resumes.
-# ROME runs before 2026-11-27 used v_lr=0.5, the default then (now 1.0: README, "Edit speed").
+# ROME runs before 2026-11-27 used v_lr=0.5, the default then (now 1.0: README, "Edit speed"),
+# and say so with --set v_lr=0.5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -11,21 +12,22 @@ ev() { "$PY" -m editing.evaluate "$@"; }
 
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100 --set v_lr=0.5
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100 --layer auto --set v_lr=0.5
-"$PY" -m bench.layer_sweep --model smollm2 --layers 2 4 6 10 16 --n 20
-"$PY" -m bench.layer_sweep --model gemma3-270m --layers 2 4 6 9 12 --n 20
+"$PY" -m bench.layer_sweep --model smollm2 --layers 2 4 6 10 16 --n 20      # ran with v_lr=0.5
+"$PY" -m bench.layer_sweep --model gemma3-270m --layers 2 4 6 9 12 --n 20   # ran with v_lr=0.5
 ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 100
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model gemma3-270m --n 100 --set v_lr=0.5
-# (ev --data zsre --file $D/zsre-dev.json --method rome --model smollm2 --n 100 --set v_lr=0.5: stopped at 57)
-ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100
 ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100
+ev --data zsre --file $D/zsre-dev.json --method rome --model smollm2 --n 100 --set v_lr=0.5
+ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100
+ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100
+# not run yet (2026-11-27): everything below
+ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100
+ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100
+ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model smollm2 --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --model smollm2 --n 100
+ev --data zsre --file $D/zsre-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre --file $D/zsre-dev.json --method ft --model gemma3-270m --n 100
+ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --model gemma3-270m --n 100
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method ft --model gemma3-270m --n 100
 ev --data cknowedit --file $D/cknowedit-zh-dev.json --method ft --model gemma3-270m --n 100
-ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100
-ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model smollm2 --n 100
-ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100
-ev --data zsre --file $D/zsre-dev.json --method rome --model gemma3-270m --n 100
-ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model gemma3-270m --n 100
-ev --data zsre --file $D/zsre-dev.json --method rome --model smollm2 --n 100
