@@ -80,7 +80,7 @@ class PrefixCache:
         self._entries.clear()
 
     def _check(self, model: nn.Module) -> None:
-        state = getattr(model, "_amend_weights_state", ())
+        state = (id(model), getattr(model, "_amend_weights_state", ()))  # which model, which weights
         if state != self._state:
             self._entries.clear()
             self._state = state
