@@ -84,8 +84,8 @@ def build_assistant(settings: Settings):
     service = EditService(loaded, editor, edit_log, passwords, settings.state_dir / "deltas", lock=lock, chat=chat,
                           default_method=settings.method)
     _precompute_statistics(editor)
-    _sample_contexts(editor, lock)
     problems = service.replay() if settings.replay else []
+    _sample_contexts(editor)
     use_llm = settings.intent == "llm" or (settings.intent == "auto" and settings.model not in BUILTIN_PROFILES)
     generate = None
     if use_llm:
@@ -118,10 +118,12 @@ def _precompute_statistics(editor) -> None:
     threading.Thread(target=work, name="statistics", daemon=True).start()
 
 
-def _sample_contexts(editor, lock) -> None:
+def _sample_contexts(editor) -> None:
     """Sample ROME's context prefixes (English and Chinese) in the background at start-up
     (2–5 s each on a CPU), so the first edit does not wait for them; they are kept for the
-    session."""
+    session.  Started after the replay of logged edits, and without the model lock, like the
+    statistics: holding the read lock would stall chat behind a waiting edit, and an edit that
+    needs the prefixes waits for them on the editor's own lock."""
     import threading
 
     from editing.hparams import ROMEHyperParams
@@ -130,9 +132,8 @@ def _sample_contexts(editor, lock) -> None:
 
     def work() -> None:
         try:
-            with lock.read():  # not while replayed edits are being written
-                for language in ("en", "zh"):
-                    editor.templates(language, hparams.n_prefixes, hparams.prefix_lengths)
+            for language in ("en", "zh"):
+                editor.templates(language, hparams.n_prefixes, hparams.prefix_lengths)
         except Exception:  # noqa: BLE001 - the first edit samples (and reports) them instead
             log.exception("sampling context prefixes failed")
 

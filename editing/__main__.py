@@ -54,12 +54,9 @@ def cmd_edit(args) -> int:
     request = EditRequest(prompt=args.prompt, subject=args.subject, target_new=args.target, question=args.question)
     p_before = target_probability(model, tok, request.text, request.target_new)
     completion_before = greedy_completion(model, tok, request.text, 8)
-    from editing.hparams import hparams_for, parse_overrides
+    from editing.hparams import cli_overrides, hparams_for
 
-    overrides = parse_overrides(args.set)
-    if args.no_covariance and args.method == "rome":
-        overrides["covariance"] = False
-    hparams = hparams_for(args.method, overrides)
+    hparams = hparams_for(args.method, cli_overrides(args.method, args.set, args.no_covariance))
     bar, stats_update = _bar("key statistics")
 
     def progress(stage, step, total, loss):

@@ -40,7 +40,7 @@ def run(args, loaded=None) -> Path:
     from editing.data import load_cases
     from editing.delta import DeltaStack
     from editing.engine import Editor
-    from editing.hparams import hparams_for, parse_overrides
+    from editing.hparams import cli_overrides, hparams_for
     from editing.metrics import case_metrics, chat_success, ngram_entropy, probe_case
     from editing.probe import greedy_completion
     from runtime.chat_format import question_prompt, strip_stop
@@ -52,9 +52,7 @@ def run(args, loaded=None) -> Path:
     editor = Editor(model, tok, stats_dir=amend_home() / "stats", corpus=Corpus(args.corpus),
                     default_layer=profile.default_edit_layer, chat_prompt=chat_prompt)
     cases = load_cases(args.data, args.file, args.n)
-    overrides = parse_overrides(args.set)
-    if args.no_covariance and args.method == "rome":
-        overrides["covariance"] = False
+    overrides = cli_overrides(args.method, args.set, args.no_covariance)
     hparams = hparams_for(args.method, overrides)  # fails here, before any work, on an unknown key
     suffix = "".join(f"-{k}{v}" for k, v in overrides.items())  # e.g. -covarianceFalse -v_lr0.5
     out = Path(args.out or f"out/eval-{args.model}-{args.data}-{args.method}"

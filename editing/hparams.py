@@ -80,6 +80,14 @@ def parse_overrides(pairs: list[str] | None) -> dict:
     return overrides
 
 
+def cli_overrides(method: str, pairs: list[str] | None, no_covariance: bool = False) -> dict:
+    """The overrides the command lines' ``--set KEY=VALUE`` and ``--no-covariance`` ask for."""
+    overrides = parse_overrides(pairs)
+    if no_covariance and method == "rome":
+        overrides["covariance"] = False
+    return overrides
+
+
 def hparams_for(method: str, overrides: dict | None = None) -> ROMEHyperParams | FTHyperParams:
     try:
         cls = HPARAMS[method]

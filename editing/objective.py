@@ -102,7 +102,7 @@ class Objective:
                 inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
                 bucket.stack = UpperStack(model, spec, layer, inputs, fast=fast)
                 self.buckets.append(bucket)
-        self.fast = all(isinstance(b.stack, SuffixStack) or b.stack.fast for b in self.buckets)
+        self.fast = all(b.stack.fast for b in self.buckets)
         self.counts = torch.bincount(
             torch.tensor([i for i, r in enumerate(rewrite) for _ in r.target_ids], device=self.device),
             minlength=self.n_rewrite,

@@ -56,6 +56,12 @@ def _plain_cache(per_layer: list[tuple[torch.Tensor, torch.Tensor]]):
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (heads, tokens, d)
 
 
+def _concat_rows(pieces: list[LayerKV]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the rows' keys and values one after the other: (1, heads, Σ tokens, d)."""
+    return [(torch.cat([p[layer][0] for p in pieces], 1)[None], torch.cat([p[layer][1] for p in pieces], 1)[None])
+            for layer in range(len(pieces[0]))]
+
+
 class PrefixCache:
     """Keys and values of prompt prefixes already run, for reuse by later edits.
 
@@ -163,6 +169,11 @@ class SuffixStack:
             log.info("prefix caching unavailable (%s); running whole rows", exc)
             self.available = False
 
+    @property
+    def fast(self) -> bool:
+        """Each pass runs only the tails, and only through the layers from the edit layer up."""
+        return self._upper is not None and self._upper.fast
+
     def place(self, row: int, position: int) -> int:
         """Index in the packed sequence of ``position`` (at or after the row's start) of ``row``."""
         return self.offsets[row] + position - self.starts[row]
@@ -175,20 +186,14 @@ class SuffixStack:
         if not with_prefix:
             return
         prefixes = [self._rows[i][: self.starts[i]] for i in with_prefix]
-        known: list[LayerKV | None] = []
-        for prefix in prefixes:
-            n, kv = self._prefix_cache.longest(self.model, prefix) if self._prefix_cache else (0, None)
-            known.append(kv)
-        n_known = [0 if kv is None else kv[0][0].shape[1] for kv in known]
+        looked_up = [self._prefix_cache.longest(self.model, p) if self._prefix_cache else (0, None) for p in prefixes]
+        n_known = [n for n, _ in looked_up]
+        known: list[LayerKV | None] = [kv for _, kv in looked_up]
         rests = [prefix[n:] for prefix, n in zip(prefixes, n_known)]
-        n_layers = len(self.model.get_submodule(self.spec.layers))
         stored = [kv for kv in known if kv is not None]
         run_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         if any(rests):
-            cache = _plain_cache([
-                (torch.cat([kv[layer][0] for kv in stored], 1)[None], torch.cat([kv[layer][1] for kv in stored], 1)[None])
-                for layer in range(n_layers)
-            ] if stored else [])
+            cache = _plain_cache(_concat_rows(stored) if stored else [])
             ids = torch.tensor([[t for rest in rests for t in rest]], dtype=torch.long, device=self._device)
             positions = torch.tensor([[n + j for n, rest in zip(n_known, rests) for j in range(len(rest))]],
                                      device=self._device)
@@ -211,12 +216,7 @@ class SuffixStack:
             pieces.append(piece)
             if self._prefix_cache is not None:
                 self._prefix_cache.store(self.model, prefix, piece)
-        # per layer: (1, heads, Σ prefix lengths, d), rows in order
-        self._kv = [
-            (torch.cat([piece[layer][0] for piece in pieces], 1)[None],
-             torch.cat([piece[layer][1] for piece in pieces], 1)[None])
-            for layer in range(n_layers)
-        ]
+        self._kv = _concat_rows(pieces)  # rows in order
 
     def _cache(self):
         # fresh each pass: a pass appends its own keys and values to the cache
