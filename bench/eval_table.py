@@ -52,6 +52,10 @@ def describe(name: str, info: dict | None = None) -> dict:
     raise ValueError(f"cannot read run name {name!r}")
 
 
+def _value(value) -> str:
+    return "(" + ", ".join(map(str, value)) + ")" if isinstance(value, (list, tuple)) else str(value)
+
+
 def cell(values: list, ci: bool) -> str:
     from editing.metrics import summarize
 
@@ -83,7 +87,7 @@ def table(runs: list[dict], ci: bool = False) -> str:
         layer = info["layer"] if info["layer"] != "default" else str(rows[0]["layer"])
         method = info["method"].upper() + (" seq." if info["sequential"] else "")
         if info["set"]:  # hyperparameters other than the defaults
-            method += " (" + ", ".join(f"{k}={v}" for k, v in info["set"].items()) + ")"
+            method += " (" + ", ".join(f"{k}={_value(v)}" for k, v in info["set"].items()) + ")"
         lines.append(f"| {info['model']} | {info['data']} | {method} | {layer} | {len(rows)} | "
                      + " | ".join(values) + f" | {seconds:.1f} |")
     return "\n".join(lines)

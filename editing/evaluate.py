@@ -32,6 +32,11 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _tag(value) -> str:
+    """A setting's value as a folder name part: ``[0.9, 0.999]`` -> ``0.9,0.999``."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def run(args, loaded=None) -> Path:
     """Run one evaluation; ``loaded`` reuses an already loaded model (layer sweeps)."""
     from tqdm import tqdm
@@ -54,7 +59,7 @@ def run(args, loaded=None) -> Path:
     cases = load_cases(args.data, args.file, args.n)
     overrides = cli_overrides(args.method, args.set, args.no_covariance)
     hparams = hparams_for(args.method, overrides)  # fails here, before any work, on an unknown key
-    suffix = "".join(f"-{k}{v}" for k, v in overrides.items())  # e.g. -covarianceFalse -v_lr0.5
+    suffix = "".join(f"-{k}{_tag(v)}" for k, v in overrides.items())  # e.g. -covarianceFalse -v_lr0.5
     out = Path(args.out or f"out/eval-{args.model}-{args.data}-{args.method}"
                f"{'-seq' if args.sequential else ''}{f'-L{args.layer}' if args.layer is not None else ''}{suffix}")
     out.mkdir(parents=True, exist_ok=True)

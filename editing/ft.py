@@ -1,7 +1,8 @@
 """FT-L: constrained fine-tuning of one layer's MLP output projection (Zhu et al., 2020;
 the ROME paper's FT+L baseline).
 
-ΔW = argmin −log P(o* | p(s))  subject to  ‖ΔW‖∞ ≤ ε  (projected after every Adam step).
+ΔW = argmin −log P(o* | p(s))  subject to  ‖ΔW‖∞ ≤ ε  (projected after every Adam step),
+with ε a fraction of the projection's mean |W₀| unless given absolutely (``FTHyperParams``).
 
 ΔW is trained through a forward hook that adds k ΔWᵀ to the projection's output, so the
 model's weights are never written and the function returns with the model bit-identical.
@@ -61,7 +62,8 @@ def compute_ft_delta(
         change = x.float() @ delta if spec.conv1d else x.float() @ delta.T  # (rows, seq, d_out)
         return output + change.to(output.dtype)
 
-    optimizer = torch.optim.Adam([delta], lr=hparams.lr)
+    radius = hparams.norm_constraint or hparams.relative_norm_constraint * weight.abs().float().mean().item()
+    optimizer = torch.optim.Adam([delta], lr=hparams.lr or radius / 2, betas=hparams.adam_betas)
     losses: list[float] = []
     target_prob = 0.0
     handle = module.register_forward_hook(add_delta)
@@ -78,7 +80,7 @@ def compute_ft_delta(
             loss.backward()
             optimizer.step()
             with torch.no_grad():  # project into the L∞ ball of radius ε around W₀
-                delta.clamp_(-hparams.norm_constraint, hparams.norm_constraint)
+                delta.clamp_(-radius, radius)
     finally:
         handle.remove()
     report("writing weights", hparams.steps, hparams.steps, None)
@@ -87,6 +89,6 @@ def compute_ft_delta(
         kind="dense",
         tensors={"delta": delta.detach().cpu()},
         transposed=spec.conv1d,
-        meta={"method": "ft", "layer": layer, "steps": len(losses), "final_loss": losses[-1] if losses else None},
+        meta={"method": "ft", "layer": layer, "radius": radius, "steps": len(losses), "final_loss": losses[-1] if losses else None},
     )
     return FTResult(result, losses, target_prob, time.perf_counter() - start, objective.fast)

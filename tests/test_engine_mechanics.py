@@ -124,6 +124,25 @@ def test_ft_delta_respects_linf_ball(tiny, tokenizer, tmp_path):
     assert outcome.losses[-1] < outcome.losses[0]
 
 
+def test_ft_radius_is_relative_to_the_weights(tiny, tokenizer, tmp_path):
+    """By default ε is a fraction of the projection's mean |W₀|, so it means the same on models
+    whose weights differ in scale; scaling W₀ scales the ball with it."""
+    from editing.spec import mlp_weight, spec_for
+
+    weight = mlp_weight(tiny, 1, spec_for(tiny))
+    settings = {"steps": 3, "chat_template": False, "relative_norm_constraint": 0.05}
+    radii = []
+    for scale in (1.0, 10.0):
+        with torch.no_grad():
+            weight.mul_(scale)
+        outcome = editor(tiny, tokenizer, tmp_path).compute(REQUEST, "ft", 1, settings)
+        radius = 0.05 * weight.abs().mean().item()
+        assert outcome.delta.meta["radius"] == pytest.approx(radius)
+        assert outcome.delta.tensors["delta"].abs().max() <= radius * (1 + 1e-6)
+        radii.append(radius)
+    assert radii[1] == pytest.approx(10 * radii[0])
+
+
 def test_delta_save_load_roundtrip(tiny, tokenizer, tmp_path):
     outcome = editor(tiny, tokenizer, tmp_path).compute(REQUEST, "rome", 1, FAST)
     path = tmp_path / "d.safetensors"

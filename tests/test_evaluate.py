@@ -59,7 +59,7 @@ def test_smoke_run_rome_and_ft(tmp_path):
 
     for method in ("rome", "ft"):
         out = tmp_path / f"eval-smollm2-counterfact-{method}"
-        settings = ["--set", "v_steps=20"] if method == "rome" else []
+        settings = ["--set", "v_steps=20"] if method == "rome" else ["--set", "adam_betas=[0.0,0.95]"]
         main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", method,
               "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out), *settings])
         rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
@@ -80,8 +80,11 @@ def test_smoke_run_rome_and_ft(tmp_path):
 
     assert json.loads((tmp_path / "eval-smollm2-counterfact-rome" / "run.json").read_text())["set"] == {"v_steps": 20}
     lines = table(load_runs(tmp_path)).splitlines()
-    assert [line.split(" | ")[2] for line in lines[2:]] == ["before", "FT", "ROME (v_steps=20)"]
+    assert [line.split(" | ")[2] for line in lines[2:]] == ["before", "FT (adam_betas=(0.0, 0.95))", "ROME (v_steps=20)"]
     assert all(line.split(" | ")[4] == "2" for line in lines[2:])
+    from editing.evaluate import _tag
+
+    assert _tag([0.0, 0.95]) == "0.0,0.95" and _tag(0.5) == "0.5"  # folder names: -adam_betas0.0,0.95
     paired = compare(tmp_path / "eval-smollm2-counterfact-rome", tmp_path / "eval-smollm2-counterfact-ft")
     assert "2 shared cases" in paired and "| efficacy |" in paired
 
