@@ -49,7 +49,8 @@ class FTHyperParams(_Strict):
     # ε of the L∞ ball around W₀, as a fraction of the edited projection's mean |W₀|: every
     # weight may move by at most this share of a typical weight.  An absolute ε does not carry
     # across models: 5e-3 is 3.5% of smollm2's weights (mean |W| 0.145 at layer 4) but 40% of
-    # gemma3-270m's (0.012), where it broke locality (README, "Layer sweep": FT's radius).  0.035 keeps smollm2's ε.
+    # gemma3-270m's (0.012), where it broke locality (README, "Layer sweep": FT's radius).
+    # 0.035 keeps smollm2's ε.
     relative_norm_constraint: float = Field(0.035, gt=0)
     # an absolute ε instead (EasyEdit: 5e-4 on GPT-2 XL; it never reached the target here)
     norm_constraint: float | None = Field(None, gt=0)
