@@ -22,14 +22,19 @@ ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-
 ev --data zsre --file $D/zsre-dev.json --method rome --model smollm2 --n 100 --set v_lr=0.5
 ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100 --set norm_constraint=0.005 --set 'adam_betas=[0.9,0.999]'
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100
-# not run yet (2026-11-27): everything below
+# 2026-11-27, evening: the current defaults
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100
-ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100
+ev --data counterfact --file $D/counterfact-dev.json --method rome --model gemma3-270m --n 100
+ev --data zsre --file $D/zsre-dev.json --method rome --model gemma3-270m --n 100     # started; resumes
+# not run yet: everything below
+ev --data zsre --file $D/zsre-dev.json --method ft --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model smollm2 --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --model smollm2 --n 100
-ev --data zsre --file $D/zsre-dev.json --method rome --model gemma3-270m --n 100
-ev --data zsre --file $D/zsre-dev.json --method ft --model gemma3-270m --n 100
+ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --model gemma3-270m --n 100
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method ft --model gemma3-270m --n 100
 ev --data cknowedit --file $D/cknowedit-zh-dev.json --method ft --model gemma3-270m --n 100
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 100
+ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100
