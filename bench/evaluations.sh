@@ -26,7 +26,7 @@ ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m -
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100
 ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model gemma3-270m --n 100
-ev --data zsre --file $D/zsre-dev.json --method rome --model gemma3-270m --n 100     # started; resumes
+ev --data zsre --file $D/zsre-dev.json --method rome --model gemma3-270m --n 100
 # not run yet: everything below
 ev --data zsre --file $D/zsre-dev.json --method ft --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model smollm2 --n 100
