@@ -5,7 +5,7 @@
 # ROME runs before 2026-11-27 used v_lr=0.5, the default then (now 1.0: README, "Edit speed"),
 # and say so with --set v_lr=0.5.  FT runs before 2026-11-27 (evening) used an absolute L∞ radius
 # of 5e-3 and Adam's default momentum, and say so with --set norm_constraint=0.005
-# adam_betas=[0.9,0.999] (README, "Layer sweep": FT's radius; "Edits").
+# --set 'adam_betas=[0.9,0.999]' (README, "Layer sweep": FT's radius; "Edits").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

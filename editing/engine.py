@@ -25,13 +25,13 @@ from editing.covariance import Corpus, CovarianceCache
 from editing.delta import WeightDelta
 from editing.errors import LayerOutOfRange
 from editing.fingerprint import model_fingerprint
-from editing.suffix import PrefixCache
 from editing.ft import compute_ft_delta
 from editing.hparams import FTHyperParams, ROMEHyperParams, hparams_for
 from editing.lens import choose_layer, logit_lens
 from editing.request import EditRequest
 from editing.rome import ChatPromptFn, ProgressFn, compute_rome_delta
 from editing.spec import n_layers, spec_for
+from editing.suffix import PrefixCache
 
 Method = Literal["rome", "ft"]
 

@@ -89,6 +89,7 @@ def compute_ft_delta(
         kind="dense",
         tensors={"delta": delta.detach().cpu()},
         transposed=spec.conv1d,
-        meta={"method": "ft", "layer": layer, "radius": radius, "steps": len(losses), "final_loss": losses[-1] if losses else None},
+        meta={"method": "ft", "layer": layer, "radius": radius, "steps": len(losses),
+              "final_loss": losses[-1] if losses else None},
     )
     return FTResult(result, losses, target_prob, time.perf_counter() - start, objective.fast)

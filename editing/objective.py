@@ -18,8 +18,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.forward import UpperStack, final_logits
-from editing.suffix import PrefixCache, SuffixStack
 from editing.spec import ModelSpec
+from editing.suffix import PrefixCache, SuffixStack
 from editing.tokens import PromptTarget, length_buckets, pad_batch, pad_id
 
 

@@ -33,11 +33,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
-from editing.suffix import PrefixCache
 from editing.hparams import ROMEHyperParams
 from editing.objective import Objective
 from editing.request import EditRequest
 from editing.spec import ModelSpec
+from editing.suffix import PrefixCache
 from editing.tokens import PromptTarget, prompt_target
 
 log = logging.getLogger(__name__)

@@ -287,9 +287,9 @@ def test_rome_fast_path_computes_the_same_delta(tiny, tokenizer, tmp_path):
 
 def test_packed_whole_rows_objective_matches_padded_buckets(tiny, tokenizer):
     """FT's objective: all rows packed into one pass (no cache) scores as padded buckets do."""
-    from editing.suffix import SuffixStack
     from editing.objective import Objective
     from editing.rome import build_rows
+    from editing.suffix import SuffixStack
 
     templates = ["{}", "A short sentence. {}", "Something else entirely, and a much longer prefix. {}"]
     rows = build_rows(tokenizer, REQUEST, templates, chat_prompt=None)
