@@ -142,7 +142,7 @@ class Editor:
             templates = self.templates(request.language, hparams.n_prefixes, (5, 10))
             result = compute_ft_delta(
                 self.model, self.tokenizer, request, hparams, self.spec, layer,
-                templates=templates, chat_prompt=chat_prompt, progress=progress,
+                templates=templates, chat_prompt=chat_prompt, progress=progress, prefix_cache=self.prefix_cache,
             )
         else:
             raise ValueError(f"unknown method {method!r}; choose rome or ft")

@@ -75,7 +75,7 @@ class Objective:
         kl: list[PromptTarget] = (),
         *,
         fast: bool = True,
-        from_subject: bool = False,
+        from_subject: bool | list[bool] = False,
         prefix_cache: PrefixCache | None = None,
     ) -> None:
         self.model, self.spec = model, spec
@@ -83,16 +83,18 @@ class Objective:
         rows = [*rewrite, *kl]
         self.n_rewrite, self.n_kl = len(rewrite), len(kl)
         pad = pad_id(tokenizer)
+        held = from_subject if isinstance(from_subject, list) else [from_subject] * len(rewrite)
+        held += [bool(from_subject)] * (len(rows) - len(held))  # KL rows (ROME) follow the rule
         self.from_subject = False
         self.buckets: list[_Bucket] = []
         if fast:  # every row in one packed pass (ROME: from its first subject end on)
-            starts = [min(r.subject_positions) if from_subject else 0 for r in rows]
+            starts = [min(r.subject_positions) if h else 0 for r, h in zip(rows, held)]
             stack = SuffixStack(model, spec, layer, [r.ids for r in rows], starts, pad, self.device, prefix_cache)
             if stack.available:
                 bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, lambda i, p: (0, stack.place(i, p)),
                                  (1, stack.length), self.device)
                 bucket.stack = stack
-                self.buckets, self.from_subject = [bucket], from_subject
+                self.buckets, self.from_subject = [bucket], any(held)
         if not self.buckets:
             for index in length_buckets([len(r.ids) for r in rows]):
                 local = {i: n for n, i in enumerate(index)}

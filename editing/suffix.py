@@ -5,7 +5,7 @@ that token changes in any layer.  Each row's prefix runs once into a key/value c
 (``PrefixCache`` keeps them for the next edit, whose prompts mostly start the same way), and
 every step runs only the tails from the subject's last token on — about 45 of 260 tokens for
 a CounterFact edit on smollm2 — all rows packed into one sequence (README, "Edit speed").
-FT packs whole rows the same way (no cached prefix).
+FT packs whole rows the same way (``hold_chat_preamble`` holds the chat row's preamble: ``editing.ft``).
 
 Checked against a full forward pass once per model and quietly replaced by full passes (in
 length buckets, ``editing.objective``) where an architecture does not allow it.

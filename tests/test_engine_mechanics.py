@@ -114,12 +114,16 @@ def test_bf16_revert_is_exact(tokenizer, tmp_path):
     assert same_state(model, before)
 
 
-def test_ft_delta_respects_linf_ball(tiny, tokenizer, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_ft_delta_respects_linf_ball(tiny, tokenizer, tmp_path, bf16):
+    """Also with the steps under bf16 autocast: ΔW and W₀ stay fp32, the model untouched."""
     before = state(tiny)
     outcome = editor(tiny, tokenizer, tmp_path).compute(
-        REQUEST, "ft", 1, {"steps": 5, "norm_constraint": 1e-3, "chat_template": False, "lr": 1e-2})
+        REQUEST, "ft", 1, {"steps": 5, "norm_constraint": 1e-3, "chat_template": False, "lr": 1e-2,
+                           "bf16_autocast": bf16})
     assert same_state(tiny, before)
-    assert outcome.delta.kind == "dense"
+    assert outcome.delta.kind == "dense" and outcome.delta.meta["bf16_autocast"] is bf16
+    assert outcome.delta.tensors["delta"].dtype == torch.float32
     assert outcome.delta.tensors["delta"].abs().max() <= 1e-3 + 1e-9
     assert outcome.losses[-1] < outcome.losses[0]
 
@@ -141,6 +145,26 @@ def test_ft_radius_is_relative_to_the_weights(tiny, tokenizer, tmp_path):
         assert outcome.delta.tensors["delta"].abs().max() <= radius * (1 + 1e-6)
         radii.append(radius)
     assert radii[1] == pytest.approx(10 * radii[0])
+
+
+def test_ft_holding_the_chat_preamble_starts_from_the_exact_loss(tiny, tokenizer, tmp_path):
+    """FT may hold the chat row's tokens before its subject at W₀'s keys and values: that changes
+    how ΔW is seen, not where FT starts (ΔW = 0: the first loss is the exact one), and the next
+    edit takes the preamble from the prefix cache."""
+    def chat(question: str) -> str:
+        return f"You answer questions about places in one short sentence. Q: {question} A:"
+
+    ed = Editor(tiny, tokenizer, stats_dir=tmp_path / "stats", default_layer=1, chat_prompt=chat)
+    settings = {"steps": 3, "norm_constraint": 1e-3, "lr": 1e-3, "bf16_autocast": False}
+    exact = ed.compute(REQUEST, "ft", 1, {**settings, "hold_chat_preamble": False})
+    assert ed.prefix_cache.hits + ed.prefix_cache.misses == 0  # whole rows: nothing cached
+    held = ed.compute(REQUEST, "ft", 1, {**settings, "hold_chat_preamble": True})
+    assert held.losses[0] == pytest.approx(exact.losses[0], rel=1e-5)
+    assert held.delta.tensors["delta"].abs().max() <= 1e-3 + 1e-9
+    hits = ed.prefix_cache.hits
+    other = EditRequest(prompt="The Colosseum is located in the city of", subject="Colosseum", target_new="Paris")
+    ed.compute(other, "ft", 1, {**settings, "hold_chat_preamble": True})
+    assert ed.prefix_cache.hits > hits
 
 
 def test_delta_save_load_roundtrip(tiny, tokenizer, tmp_path):
