@@ -83,8 +83,9 @@ class Objective:
         rows = [*rewrite, *kl]
         self.n_rewrite, self.n_kl = len(rewrite), len(kl)
         pad = pad_id(tokenizer)
-        held = from_subject if isinstance(from_subject, list) else [from_subject] * len(rewrite)
-        held += [bool(from_subject)] * (len(rows) - len(held))  # KL rows (ROME) follow the rule
+        # per row: run it from its first subject end on (the rest held in the KV cache)?  A list
+        # gives it per rewrite row (FT's chat row: ``hold_chat_preamble``); KL rows then run whole.
+        held = [from_subject] * len(rows) if isinstance(from_subject, bool) else [*from_subject, *[False] * len(kl)]
         self.from_subject = False
         self.buckets: list[_Bucket] = []
         if fast:  # every row in one packed pass (ROME: from its first subject end on)
