@@ -5,7 +5,9 @@
 # ROME runs before 2026-11-27 used v_lr=0.5, the default then (now 1.0: README, "Edit speed"),
 # and say so with --set v_lr=0.5.  FT runs before 2026-11-27 (evening) used an absolute L∞ radius
 # of 5e-3 and Adam's default momentum, and say so with --set norm_constraint=0.005
-# --set 'adam_betas=[0.9,0.999]' (README, "Layer sweep": FT's radius; "Edits").
+# --set 'adam_betas=[0.9,0.999]' (README, "Layer sweep": FT's radius; "Edits").  FT runs before
+# 2026-11-27 (night) ran their steps in fp32 (now bf16 autocast where the CPU has it) and say so
+# with --set bf16_autocast=false.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -16,15 +18,15 @@ ev --data counterfact --file $D/counterfact-dev.json --method rome --model smoll
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100 --layer auto --set v_lr=0.5
 "$PY" -m bench.layer_sweep --model smollm2 --layers 2 4 6 10 16 --n 20      # ran with v_lr=0.5
 "$PY" -m bench.layer_sweep --model gemma3-270m --layers 2 4 6 9 12 --n 20   # ran with v_lr=0.5
-ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 100 --set norm_constraint=0.005 --set 'adam_betas=[0.9,0.999]'
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 100 --set norm_constraint=0.005 --set 'adam_betas=[0.9,0.999]' --set bf16_autocast=false
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model gemma3-270m --n 100 --set v_lr=0.5
-ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100 --set norm_constraint=0.005 --set 'adam_betas=[0.9,0.999]'
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100 --set norm_constraint=0.005 --set 'adam_betas=[0.9,0.999]' --set bf16_autocast=false
 ev --data zsre --file $D/zsre-dev.json --method rome --model smollm2 --n 100 --set v_lr=0.5
-ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100 --set norm_constraint=0.005 --set 'adam_betas=[0.9,0.999]'
+ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100 --set norm_constraint=0.005 --set 'adam_betas=[0.9,0.999]' --set bf16_autocast=false
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100
 # 2026-11-27, evening: the current defaults
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100
-ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100 --set bf16_autocast=false
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre --file $D/zsre-dev.json --method rome --model gemma3-270m --n 100
 # not run yet: everything below

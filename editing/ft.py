@@ -9,8 +9,8 @@ model's weights are never written and the function returns with the model bit-id
 
 ΔW changes the layer's output at every position, so unlike ROME no prefix is exactly
 unchanged.  ``hold_chat_preamble`` (off by default) holds the chat row's tokens before its
-subject's last token -- the chat preamble and, on gemma3-270m, a few-shot transcript: ~110 of
-its ~140 tokens -- at the unedited weights' keys and values (cached across edits), and each
+subject's last token -- the chat preamble and, on gemma3-270m, a few-shot transcript: ~118 of
+its ~129 tokens -- at the unedited weights' keys and values (cached across edits), and each
 step runs only the rest.  Exact at ΔW = 0; faster (gemma3-270m: 2.1 -> 1.45 s per edit) but
 the edit then shows in fewer chat answers (README, "Edits").
 
