@@ -29,14 +29,17 @@ ev --data counterfact --file $D/counterfact-dev.json --method rome --model smoll
 ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100 --set bf16_autocast=false
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre --file $D/zsre-dev.json --method rome --model gemma3-270m --n 100
-# not run yet: everything below
-ev --data zsre --file $D/zsre-dev.json --method ft --model gemma3-270m --n 100
+# 2026-11-27, night: FT's steps under bf16 autocast (the current defaults); two runs at a time,
+# OMP_NUM_THREADS=1 each
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model gemma3-270m --n 100
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model smollm2 --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --model smollm2 --n 100
-ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100
+ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100
+# not run yet: everything below
+ev --data zsre --file $D/zsre-dev.json --method ft --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --model gemma3-270m --n 100
+ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method ft --model gemma3-270m --n 100
 ev --data cknowedit --file $D/cknowedit-zh-dev.json --method ft --model gemma3-270m --n 100
-ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 100
-ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100
