@@ -73,15 +73,19 @@ def table(runs: list[dict], ci: bool = False) -> str:
     shown = [c for c in COLUMNS if any(_measured(r["metrics"].get(c)) for run in runs for r in run["rows"])]
     head = ["model", "data", "method", "layer", "cases", *[SHORT.get(c, c) for c in shown], "s/edit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    seen_before = set()
+    widest: dict[tuple[str, str], list[dict]] = {}  # (model, data) -> the most cases: the "before" row
     for run in runs:
         run["parts"] = describe(run["name"], run.get("info"))
+        key = (run["parts"]["model"], run["parts"]["data"])
+        if len(run["rows"]) > len(widest.get(key, [])):
+            widest[key] = run["rows"]
     for run in sorted(runs, key=lambda r: (r["parts"]["model"], r["parts"]["data"], r["name"])):
         info, rows = run["parts"], run["rows"]
-        if (info["model"], info["data"]) not in seen_before:
-            seen_before.add((info["model"], info["data"]))
-            values = [cell([r["before"].get(c) for r in rows], ci) for c in shown]
-            lines.append(f"| {info['model']} | {info['data']} | before | – | {len(rows)} | " + " | ".join(values) + " | – |")
+        before = widest.pop((info["model"], info["data"]), None)
+        if before is not None:  # once per (model, data), from its run with the most cases
+            values = [cell([r["before"].get(c) for r in before], ci) for c in shown]
+            lines.append(f"| {info['model']} | {info['data']} | before | – | {len(before)} | "
+                         + " | ".join(values) + " | – |")
         seconds = sorted(r["seconds"] for r in rows)[len(rows) // 2]
         values = [cell([r["metrics"].get(c) for r in rows], ci) for c in shown]
         layer = info["layer"] if info["layer"] != "default" else str(rows[0]["layer"])
