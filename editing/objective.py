@@ -86,7 +86,6 @@ class Objective:
         # per row: run it from its first subject end on (the rest held in the KV cache)?  A list
         # gives it per rewrite row (FT's chat row: ``hold_chat_preamble``); KL rows then run whole.
         held = [from_subject] * len(rows) if isinstance(from_subject, bool) else [*from_subject, *[False] * len(kl)]
-        self.from_subject = False
         self.buckets: list[_Bucket] = []
         if fast:  # every row in one packed pass (ROME: from its first subject end on)
             starts = [min(r.subject_positions) if h else 0 for r, h in zip(rows, held)]
@@ -95,7 +94,7 @@ class Objective:
                 bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, lambda i, p: (0, stack.place(i, p)),
                                  (1, stack.length), self.device)
                 bucket.stack = stack
-                self.buckets, self.from_subject = [bucket], any(held)
+                self.buckets = [bucket]
         if not self.buckets:
             for index in length_buckets([len(r.ids) for r in rows]):
                 local = {i: n for n, i in enumerate(index)}
