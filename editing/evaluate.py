@@ -86,6 +86,10 @@ def run(args, loaded=None) -> Path:
     applied: list = []
     curve = []
     todo = [c for c in cases if c.case_id not in done]
+    # The collapse curve compares every earlier edit with the unedited model, so it needs each
+    # case's probes on the unedited weights; a case's own "before" is after the edits before it.
+    unedited = {c.case_id: probe_case(model, tok, c) for c in tqdm(todo, desc="unedited probes", unit="case")} \
+        if args.sequential else {}
     for index, case in enumerate(tqdm(todo, desc=f"{args.method} on {args.data}", unit="case")):
         _wait_while_paused(out.parent)
         case_start = time.perf_counter()
@@ -113,7 +117,7 @@ def run(args, loaded=None) -> Path:
         if args.sequential:
             applied.append(case)
             if (index + 1) % args.every == 0 or index + 1 == len(todo):
-                curve.append(_remeasure(model, tok, applied, index + 1))
+                curve.append(_remeasure(model, tok, applied, unedited, index + 1))
             editor.invalidate()  # the weights changed: nothing computed from the old ones is reused
         else:
             stack.revert(outcome.delta.id)  # bit-identical again: the sampled prefixes stay valid
@@ -146,14 +150,20 @@ def _wall_time(rows: list[dict]) -> str:
             f"{sum(timed) / 60:.1f} min for {len(timed)} cases.")
 
 
-def _remeasure(model, tok, applied, n_edits: int) -> dict:
-    from editing.metrics import probe_case, token_accuracy
+CURVE_METRICS = ["reliability", "generalization", "efficacy", "locality", "neighborhood"]
 
-    effs = []
-    for case in applied:
-        scores = probe_case(model, tok, case)
-        effs.append(token_accuracy(scores["rel_new"][0]))
-    return {"edits": n_edits, "reliability_all": sum(effs) / len(effs)}
+
+def _remeasure(model, tok, applied, unedited: dict, n_edits: int) -> dict:
+    """Every metric of every edit applied so far, each against the unedited model's probes."""
+    from editing.metrics import case_metrics, probe_case, summarize
+
+    per_case = [case_metrics(unedited[case.case_id], probe_case(model, tok, case)) for case in applied]
+    point: dict = {"edits": n_edits}
+    for key in CURVE_METRICS:
+        mean, _, n = summarize([m.get(key) for m in per_case])
+        if n:
+            point[key] = mean
+    return point
 
 
 def args_line(args) -> str:
@@ -187,7 +197,7 @@ def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
         f"Command: `python -m editing.evaluate {args_line(args)}`",
         f"Covariance: {'off (C = I)' if args.no_covariance else 'on'}; layer: "
         f"{args.layer if args.layer is not None else 'model default'}; "
-        f"{'sequential' if args.sequential else 'single edits from the unedited weights'}.",
+        f"{'sequential (each row: a case right after its own edit; before = just before it, after the earlier edits)' if args.sequential else 'single edits from the unedited weights'}.",
         "Values: mean ± half-width of the 95% confidence interval.",
         "",
         "| | " + " | ".join(shown) + " | s/edit (median) |",
@@ -198,8 +208,12 @@ def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
         f"Peak RSS {max(r['peak_rss_mb'] for r in rows)} MB.{_wall_time(rows)}",
     ]
     if curve:
-        lines += ["", "## Sequential edits", "", "| edits | reliability of all edits so far |", "|---|---|"]
-        lines += [f"| {c['edits']} | {c['reliability_all']:.3f} |" for c in curve]
+        keys = [k for k in CURVE_METRICS if k in curve[0]]
+        lines += ["", "## Sequential edits", "",
+                  "Every edit applied so far, re-measured after each k edits (locality and neighbourhood "
+                  "against the unedited model).", "",
+                  "| edits | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        lines += [f"| {c['edits']} | " + " | ".join(f"{c[k]:.3f}" for k in keys) + " |" for c in curve]
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     if curve:
         (out / "curve.json").write_text(json.dumps(curve), encoding="utf-8")
@@ -230,11 +244,14 @@ def plot(out: Path, shown: list[str], rows: list[dict], curve: list[dict], args)
     fig.savefig(out / "metrics.png", dpi=110)
     plt.close(fig)
     if curve:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot([c["edits"] for c in curve], [c["reliability_all"] for c in curve], marker="o")
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for key in [k for k in CURVE_METRICS if k in curve[0]]:
+            ax.plot([c["edits"] for c in curve], [c[key] for c in curve], marker="o", label=key)
         ax.set_xlabel("edits applied")
-        ax.set_ylabel("reliability of all edits")
+        ax.set_ylabel("mean over all edits so far")
         ax.set_ylim(0, 1.05)
+        ax.set_title(f"{args.method.upper()}, sequential edits on {args.data}, {args.model}")
+        ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "sequential.png", dpi=110)
         plt.close(fig)

@@ -98,3 +98,27 @@ def test_greedy_completions_end_rows_once_settled(smollm2):
     short = greedy_completions(smollm2.model, smollm2.tokenizer, prompts, 24, done=lambda text: "Paris" in text)
     for whole, cut in zip(full, short):
         assert "Paris" in cut and whole.startswith(cut) and len(cut) < len(whole)
+
+
+def test_sequential_run_draws_a_collapse_curve_and_restores_the_weights(tmp_path, smollm2):
+    """``--sequential`` keeps edits accumulating, re-measures all of them every k edits against the
+    unedited model, and leaves the loaded model exactly as it found it."""
+    import torch
+
+    from editing.evaluate import build_parser, run
+
+    weights = {name: p.detach().clone() for name, p in smollm2.model.named_parameters()}
+    out = tmp_path / "seq"
+    args = build_parser().parse_args(
+        ["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", "rome", "--model",
+         "smollm2", "--n", "3", "--sequential", "--every", "2", "--no-chat", "--set", "v_steps=20", "--out", str(out)])
+    run(args, loaded=smollm2)
+    curve = json.loads((out / "curve.json").read_text())
+    assert [point["edits"] for point in curve] == [2, 3]
+    for point in curve:
+        assert {"reliability", "generalization", "efficacy", "locality", "neighborhood"} <= set(point)
+        assert 0.0 <= point["locality"] <= 1.0
+    assert curve[-1]["efficacy"] > 0  # edits that landed are still there once others were added
+    assert "## Sequential edits" in (out / "summary.md").read_text()
+    assert (out / "sequential.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(torch.equal(p, weights[name]) for name, p in smollm2.model.named_parameters())
