@@ -46,8 +46,7 @@ def run(args, loaded=None) -> Path:
     from editing.delta import DeltaStack
     from editing.engine import Editor
     from editing.hparams import cli_overrides, hparams_for
-    from editing.metrics import case_metrics, chat_success, ngram_entropy, probe_case
-    from editing.probe import greedy_completion
+    from editing.metrics import case_metrics, chat_success, probe_case
     from runtime.chat_format import question_prompt, strip_stop
     from runtime.loader import amend_home, load_model
 
@@ -105,8 +104,10 @@ def run(args, loaded=None) -> Path:
         metrics["chat_success"] = chat_success(model, tok, case, chat_prompt, strip) if not args.no_chat else None
         metrics_before["chat_success"] = chat_before
         if case.generation_prompts and args.fluency:
-            texts = [greedy_completion(model, tok, p, 40) for p in case.generation_prompts[:2]]
-            metrics["fluency"] = float(sum(ngram_entropy(t) for t in texts) / len(texts))
+            metrics["fluency"] = _fluency(model, tok, case.generation_prompts)
+            stack.revert(outcome.delta.id)  # the same prompts on the weights before this edit
+            metrics_before["fluency"] = _fluency(model, tok, case.generation_prompts)
+            stack.apply(outcome.delta)
         row = {"case_id": case.case_id, "subject": case.request.subject, "target_new": case.request.target_new,
                "layer": outcome.layer, "seconds": round(seconds, 3), "stats_seconds": round(outcome.stats_seconds, 1),
                "case_seconds": round(time.perf_counter() - case_start, 3),  # edit + every probe
@@ -125,6 +126,16 @@ def run(args, loaded=None) -> Path:
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     write_summary(out, args, rows, curve)
     return out
+
+
+def _fluency(model, tok, prompts: list[str]) -> float:
+    """ROME's generation fluency: n-gram entropy of greedy continuations of the first two
+    generation prompts (40 tokens each)."""
+    from editing.metrics import ngram_entropy
+    from editing.probe import greedy_completions
+
+    texts = greedy_completions(model, tok, prompts[:2], 40)
+    return float(sum(ngram_entropy(t) for t in texts) / len(texts))
 
 
 def _wait_while_paused(folder: Path) -> None:

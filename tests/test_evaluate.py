@@ -59,11 +59,13 @@ def test_smoke_run_rome_and_ft(tmp_path):
 
     for method in ("rome", "ft"):
         out = tmp_path / f"eval-smollm2-counterfact-{method}"
-        settings = ["--set", "v_steps=20"] if method == "rome" else ["--set", "adam_betas=[0.0,0.95]"]
+        settings = ["--set", "v_steps=20", "--fluency"] if method == "rome" else ["--set", "adam_betas=[0.0,0.95]"]
         main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", method,
               "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out), *settings])
         rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and rows[0]["metrics"]["efficacy"] in (0.0, 1.0)
+        if method == "rome":  # generation fluency, before and after the edit
+            assert all(r["metrics"]["fluency"] > 0 and r["before"]["fluency"] > 0 for r in rows)
         summary = (out / "summary.md").read_text()
         assert "| before |" in summary and f"| {method.upper()} |" in summary
         assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
