@@ -32,6 +32,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _peak_gpu_mb() -> float | None:
+    """Peak GPU memory allocated by torch so far (None on a CPU-only run)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+
 def _tag(value) -> str:
     """A setting's value as a folder name part: ``[0.9, 0.999]`` -> ``0.9,0.999``."""
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
@@ -111,7 +118,7 @@ def run(args, loaded=None) -> Path:
         row = {"case_id": case.case_id, "subject": case.request.subject, "target_new": case.request.target_new,
                "layer": outcome.layer, "seconds": round(seconds, 3), "stats_seconds": round(outcome.stats_seconds, 1),
                "case_seconds": round(time.perf_counter() - case_start, 3),  # edit + every probe
-               "peak_rss_mb": round(_peak_mb()), "metrics": metrics, "before": metrics_before,
+               "peak_rss_mb": round(_peak_mb()), "peak_gpu_mb": _round(_peak_gpu_mb()), "metrics": metrics, "before": metrics_before,
                "final_loss": outcome.losses[-1] if outcome.losses else None}
         with jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -152,6 +159,15 @@ def _wait_while_paused(folder: Path) -> None:
         paused.unlink(missing_ok=True)
 
 
+def _round(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
+def _gpu_peak(rows: list[dict]) -> str:
+    peaks = [r["peak_gpu_mb"] for r in rows if r.get("peak_gpu_mb") is not None]
+    return f" Peak GPU memory {max(peaks)} MB." if peaks else ""
+
+
 def _wall_time(rows: list[dict]) -> str:
     """Time for the whole run (edits and every probe), from the rows that recorded it."""
     timed = [r["case_seconds"] for r in rows if "case_seconds" in r]
@@ -185,6 +201,7 @@ def args_line(args) -> str:
     parts += [f"--set {pair}" for pair in getattr(args, "set", None) or []]
     parts += [flag for flag, on in (("--no-covariance", args.no_covariance), ("--no-chat", args.no_chat),
                                     ("--fluency", args.fluency), ("--sequential", args.sequential)) if on]
+    parts += [f"--every {args.every}"] if args.sequential else []
     return " ".join(parts)
 
 
@@ -216,7 +233,7 @@ def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
         "| before | " + " | ".join(cell(m, "before") for m in shown) + " | |",
         f"| {args.method.upper()} | " + " | ".join(cell(m, "metrics") for m in shown) + f" | {median:.2f} |",
         "",
-        f"Peak RSS {max(r['peak_rss_mb'] for r in rows)} MB.{_wall_time(rows)}",
+        f"Peak RSS {max(r['peak_rss_mb'] for r in rows)} MB.{_gpu_peak(rows)}{_wall_time(rows)}",
     ]
     if curve:
         keys = [k for k in CURVE_METRICS if k in curve[0]]

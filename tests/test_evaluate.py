@@ -121,6 +121,7 @@ def test_sequential_run_draws_a_collapse_curve_and_restores_the_weights(tmp_path
         assert {"reliability", "generalization", "efficacy", "locality", "neighborhood"} <= set(point)
         assert 0.0 <= point["locality"] <= 1.0
     assert curve[-1]["efficacy"] > 0  # edits that landed are still there once others were added
-    assert "## Sequential edits" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "## Sequential edits" in summary and "--sequential --every 2" in summary  # the command reproduces it
     assert (out / "sequential.png").read_bytes()[:4] == b"\x89PNG"
     assert all(torch.equal(p, weights[name]) for name, p in smollm2.model.named_parameters())
