@@ -36,9 +36,14 @@ ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model smollm2 --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --model smollm2 --n 100
 ev --data zsre --file $D/zsre-dev.json --method ft --model smollm2 --n 100
-# not run yet: everything below
+# 2026-12-02: the rest, two at a time (OMP_NUM_THREADS=1 each), after a timing run alone
+ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100 --out out/timing-smollm2-rome-100
 ev --data zsre --file $D/zsre-dev.json --method ft --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method rome --model gemma3-270m --n 100
+ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 50 --sequential --every 5 --no-chat
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 50 --sequential --every 5 --no-chat
+ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 40 --fluency --no-chat --out out/fluency-smollm2-counterfact-rome
+ev --data counterfact --file $D/counterfact-dev.json --method ft --model smollm2 --n 40 --fluency --no-chat --out out/fluency-smollm2-counterfact-ft
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --model gemma3-270m --n 100
 ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method ft --model gemma3-270m --n 100
