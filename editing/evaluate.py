@@ -62,7 +62,7 @@ def run(args, loaded=None) -> Path:
     chat_prompt = (lambda q: question_prompt(q, tok, profile))
     editor = Editor(model, tok, stats_dir=amend_home() / "stats", corpus=Corpus(args.corpus),
                     default_layer=profile.default_edit_layer, chat_prompt=chat_prompt)
-    cases = load_cases(args.data, args.file, args.n)
+    cases = _editable(load_cases(args.data, args.file), tok, args.n)
     overrides = cli_overrides(args.method, args.set, args.no_covariance)
     hparams = hparams_for(args.method, overrides)  # fails here, before any work, on an unknown key
     suffix = "".join(f"-{k}{_tag(v)}" for k, v in overrides.items())  # e.g. -covarianceFalse -v_lr0.5
@@ -143,6 +143,28 @@ def _fluency(model, tok, prompts: list[str]) -> float:
 
     texts = greedy_completions(model, tok, prompts[:2], 40)
     return float(sum(ngram_entropy(t) for t in texts) / len(texts))
+
+
+def _editable(cases: list, tok, n: int | None) -> list:
+    """The first ``n`` cases the editor accepts: a case whose target or prompt is longer than an
+    edit may be (``EditRequest.check_lengths``, in this model's tokens) is left out and counted,
+    so ``--n 100`` gives 100 measured cases instead of a run that stops at the first long one."""
+    from editing.errors import InvalidEditRequest
+
+    kept, skipped = [], 0
+    for case in cases:
+        if n is not None and len(kept) == n:
+            break
+        try:
+            case.request.check_lengths(tok)
+        except InvalidEditRequest as err:
+            skipped += 1
+            print(f"skipping {case.case_id}: {err}", file=sys.stderr)
+            continue
+        kept.append(case)
+    if skipped:
+        print(f"{skipped} case(s) left out as too long to edit", file=sys.stderr)
+    return kept
 
 
 def _wait_while_paused(folder: Path) -> None:

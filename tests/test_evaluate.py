@@ -125,3 +125,15 @@ def test_sequential_run_draws_a_collapse_curve_and_restores_the_weights(tmp_path
     assert "## Sequential edits" in summary and "--sequential --every 2" in summary  # the command reproduces it
     assert (out / "sequential.png").read_bytes()[:4] == b"\x89PNG"
     assert all(torch.equal(p, weights[name]) for name, p in smollm2.model.named_parameters())
+
+
+def test_cases_too_long_to_edit_are_left_out_not_fatal(smollm2):
+    """A record whose target is longer than an edit may be is skipped; ``n`` still counts kept cases."""
+    from editing.evaluate import _editable
+    from editing.request import MAX_TARGET_TOKENS
+
+    cases = load_cases("counterfact", DATA / FILES["counterfact"], n=3)
+    long_target = cases[0].request.model_copy(update={"target_new": " word" * (MAX_TARGET_TOKENS + 5)})
+    too_long = cases[0].model_copy(update={"case_id": "long", "request": long_target})
+    kept = _editable([too_long, *cases], smollm2.tokenizer, n=2)
+    assert [c.case_id for c in kept] == [c.case_id for c in cases[:2]]
