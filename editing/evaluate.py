@@ -32,11 +32,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _peak_gpu_mb() -> float | None:
-    """Peak GPU memory allocated by torch so far (None on a CPU-only run)."""
+def _peak_gpu_mb() -> int | None:
+    """Peak GPU memory allocated by torch so far, in MB (None on a CPU-only run)."""
     import torch
 
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20)
 
 
 def _tag(value) -> str:
@@ -94,13 +96,16 @@ def run(args, loaded=None) -> Path:
     todo = [c for c in cases if c.case_id not in done]
     # The collapse curve compares every earlier edit with the unedited model, so it needs each
     # case's probes on the unedited weights; a case's own "before" is after the edits before it.
-    unedited = {c.case_id: probe_case(model, tok, c) for c in tqdm(todo, desc="unedited probes", unit="case")} \
-        if args.sequential else {}
+    unedited = {}
+    if args.sequential:
+        unedited = {c.case_id: probe_case(model, tok, c) for c in tqdm(todo, desc="unedited probes", unit="case")}
     for index, case in enumerate(tqdm(todo, desc=f"{args.method} on {args.data}", unit="case")):
         _wait_while_paused(out.parent)
         case_start = time.perf_counter()
         before = probe_case(model, tok, case)
         chat_before = chat_success(model, tok, case, chat_prompt, strip) if not args.no_chat else None
+        fluent = args.fluency and bool(case.generation_prompts)
+        fluency_before = _fluency(model, tok, case.generation_prompts) if fluent else None
         start = time.perf_counter()
         outcome = editor.compute(case.request, args.method, layer if layer != "auto" else "auto", hparams)
         seconds = time.perf_counter() - start
@@ -110,15 +115,13 @@ def run(args, loaded=None) -> Path:
         metrics_before = case_metrics(before, before)
         metrics["chat_success"] = chat_success(model, tok, case, chat_prompt, strip) if not args.no_chat else None
         metrics_before["chat_success"] = chat_before
-        if case.generation_prompts and args.fluency:
+        if fluent:
             metrics["fluency"] = _fluency(model, tok, case.generation_prompts)
-            stack.revert(outcome.delta.id)  # the same prompts on the weights before this edit
-            metrics_before["fluency"] = _fluency(model, tok, case.generation_prompts)
-            stack.apply(outcome.delta)
+            metrics_before["fluency"] = fluency_before
         row = {"case_id": case.case_id, "subject": case.request.subject, "target_new": case.request.target_new,
                "layer": outcome.layer, "seconds": round(seconds, 3), "stats_seconds": round(outcome.stats_seconds, 1),
                "case_seconds": round(time.perf_counter() - case_start, 3),  # edit + every probe
-               "peak_rss_mb": round(_peak_mb()), "peak_gpu_mb": _round(_peak_gpu_mb()), "metrics": metrics, "before": metrics_before,
+               "peak_rss_mb": round(_peak_mb()), "peak_gpu_mb": _peak_gpu_mb(), "metrics": metrics, "before": metrics_before,
                "final_loss": outcome.losses[-1] if outcome.losses else None}
         with jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -179,10 +182,6 @@ def _wait_while_paused(folder: Path) -> None:
             time.sleep(2)
     finally:
         paused.unlink(missing_ok=True)
-
-
-def _round(value: float | None) -> int | None:
-    return None if value is None else round(value)
 
 
 def _gpu_peak(rows: list[dict]) -> str:
