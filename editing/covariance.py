@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -69,25 +70,46 @@ class Corpus:
                         yield paragraph.strip()
 
 
+_SAMPLE_BATCH = 64
+
+
 def _self_sampled(model: nn.Module, tokenizer: PreTrainedTokenizerBase, cache_dir: Path) -> Iterator[str]:
     """Endless batches of model-sampled text (English and Chinese), saved as they are made
     so that every layer's statistics reuse the same corpus."""
     cache = cache_dir / "corpus-self.jsonl"
-    done = 0
-    if cache.exists():
-        for line in cache.read_text(encoding="utf-8").splitlines():
-            done += 1
-            yield json.loads(line)
-    batch = done // 64
+    saved = _whole_batches(cache)
+    yield from saved
+    batch = len(saved) // _SAMPLE_BATCH
     while True:
         language = "zh" if batch % 4 == 3 else "en"  # mostly English, some Chinese
         # wide, short batches: sampling on a CPU is bound by per-step overhead, not FLOPs
-        texts = sample_texts(model, tokenizer, language=language, n=64, new_tokens=64, seed=1000 + batch, top_k=40)
+        texts = sample_texts(model, tokenizer, language=language, n=_SAMPLE_BATCH, new_tokens=64,
+                             seed=1000 + batch, top_k=40)
         with cache.open("a", encoding="utf-8") as f:
-            for t in texts:
-                f.write(json.dumps(t, ensure_ascii=False) + "\n")
+            f.write("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
         yield from texts
         batch += 1
+
+
+def _whole_batches(cache: Path) -> list[str]:
+    """The saved corpus up to its last whole batch; a tail cut short by a killed process is
+    dropped from the file, so batch k is always the text sampled with seed 1000 + k."""
+    if not cache.exists():
+        return []
+    lines = cache.read_text(encoding="utf-8").splitlines()
+    texts: list[str] = []
+    for line in lines:
+        try:
+            texts.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    whole = texts[: len(texts) // _SAMPLE_BATCH * _SAMPLE_BATCH]
+    if len(whole) != len(lines):
+        log.warning("dropping an unfinished batch from %s", cache)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in whole), encoding="utf-8")
+        tmp.replace(cache)
+    return whole
 
 
 @torch.no_grad()
@@ -173,29 +195,35 @@ class CovarianceCache:
         if key in self._memory:
             return self._memory[key]
         path = self.path(layer, corpus, n_tokens)
-        if path.exists():
-            moment = load_file(path)["moment"]
-        else:
-            self.last_from_cache = False
-            start = time.perf_counter()
-            moment, used = collect_key_moment(
-                model, tokenizer, spec, layer, corpus.texts(model, tokenizer, self._dir()), n_tokens, progress=progress
-            )
-            self.last_seconds = time.perf_counter() - start
-            tmp = path.with_suffix(".tmp")
-            save_file({"moment": moment.cpu().contiguous()}, tmp)
-            tmp.replace(path)
-            provenance = {
-                "model_fingerprint": self.fingerprint,
-                "layer": layer,
-                "module": spec.mlp_out_at(layer),
-                "corpus": corpus.source,
-                "corpus_id": corpus.id(),
-                "tokens": used,
-                "seconds": round(self.last_seconds, 2),
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            path.with_suffix(".json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+        if not path.exists():
+            # another process (a second evaluation, the app) may be computing the same statistics
+            # or appending to the shared self-sampled corpus: wait for it, then read its file
+            with FileLock(self._dir() / ".compute.lock"):
+                if not path.exists():
+                    self._compute(model, tokenizer, spec, layer, corpus, n_tokens, progress, path)
+        moment = load_file(path)["moment"]
         device = next(model.parameters()).device
         self._memory[key] = moment.to(device)
         return self._memory[key]
+
+    def _compute(self, model, tokenizer, spec, layer, corpus, n_tokens, progress, path: Path) -> None:
+        self.last_from_cache = False
+        start = time.perf_counter()
+        moment, used = collect_key_moment(
+            model, tokenizer, spec, layer, corpus.texts(model, tokenizer, self._dir()), n_tokens, progress=progress
+        )
+        self.last_seconds = time.perf_counter() - start
+        tmp = path.with_suffix(".tmp")
+        save_file({"moment": moment.cpu().contiguous()}, tmp)
+        tmp.replace(path)
+        provenance = {
+            "model_fingerprint": self.fingerprint,
+            "layer": layer,
+            "module": spec.mlp_out_at(layer),
+            "corpus": corpus.source,
+            "corpus_id": corpus.id(),
+            "tokens": used,
+            "seconds": round(self.last_seconds, 2),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        path.with_suffix(".json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")

