@@ -107,7 +107,9 @@ def _precompute_statistics(editor) -> None:
 
     def work() -> None:
         # No model lock: holding the read lock this long would stall chat behind a waiting
-        # edit; an edit's ROME step waits for these statistics on the cache's own lock anyway.
+        # edit; an edit's ROME step waits for these statistics on the cache's own lock anyway,
+        # and so does every change of the weights (the replay below included), so the statistics
+        # are those of the weights the cache's fingerprint names.
         try:
             editor.statistics(editor.default_layer, n_tokens)
             log.info("key statistics for layer %d ready", editor.default_layer)

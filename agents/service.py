@@ -101,17 +101,19 @@ class EditService:
         self.default_method = default_method
         self.hparams = hparams or {}
         self._pending: dict[str, Pending] = {}
-        self._edit_mutex = threading.Lock()  # one edit computed at a time; chat keeps running
+        self._pending_lock = threading.Lock()  # sessions register and use proposals from many threads
+        self._edit_mutex = threading.Lock()  # one edit, revert or checkpoint at a time; chat keeps running
 
     # -- proposals ------------------------------------------------------------------------
 
     def register(self, session: str, proposal: EditProposal) -> str:
         """Keep a proposal server-side; the client only ever holds its one-time id."""
         now = time.time()
-        for pid in [p for p, v in self._pending.items() if now - v.created > PROPOSAL_TTL_S]:
-            self._pending.pop(pid, None)
         pid = secrets.token_urlsafe(12)
-        self._pending[pid] = Pending(pid, session, proposal)
+        with self._pending_lock:
+            for old in [p for p, v in self._pending.items() if now - v.created > PROPOSAL_TTL_S]:
+                self._pending.pop(old, None)
+            self._pending[pid] = Pending(pid, session, proposal)
         return pid
 
     def pending(self, session: str, pid: str) -> EditProposal:
@@ -120,9 +122,17 @@ class EditService:
             raise UnknownProposal()
         return item.proposal
 
+    def _take(self, session: str, pid: str) -> EditProposal:
+        """Remove and return a session's proposal: of two Applies with one id, one gets it."""
+        with self._pending_lock:
+            item = self._pending.get(pid)
+            if item is None or item.session != session:
+                raise UnknownProposal()
+            del self._pending[pid]
+        return item.proposal
+
     def cancel(self, session: str, pid: str) -> None:
-        self.pending(session, pid)
-        self._pending.pop(pid, None)
+        self._take(session, pid)
 
     # -- probing --------------------------------------------------------------------------
 
@@ -156,7 +166,7 @@ class EditService:
         layer: int | str | None = None,
         progress: ProgressFn | None = None,
     ) -> EditReport:
-        proposal = self.pending(session, pid)
+        proposal = self.pending(session, pid)  # an unknown id is refused before the password is tried
         self.passwords.check(password, session, "apply_edit")  # raises; nothing changes
         fields = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
         allowed = {"subject", "prompt", "target_new", "target_old", "question"}
@@ -174,7 +184,7 @@ class EditService:
         method = method or self.default_method
         if method not in ("rome", "ft"):
             raise EditServiceError(f"unknown method {method!r}; choose rome or ft")
-        self._pending.pop(pid, None)  # one-time: a second Apply with this id is refused
+        self._take(session, pid)  # one-time from here on: of two Applies with this id, one goes ahead
         with self._edit_mutex:
             return self._apply(session, proposal, request, method, layer, progress)
 
@@ -199,10 +209,9 @@ class EditService:
             report("writing weights", 1, 1, None)
             path = self.deltas_dir / f"edit-{record.id:05d}-{delta.id}.safetensors"
             digest = delta.save(path)
-            with self.lock.write():  # no generation is running while weights change
+            with self.editor.changing_weights(), self.lock.write():  # no generation runs while weights change
                 self.stack.apply(delta)
                 applied = True
-                self.editor.invalidate()
             report("checking the edited model", 1, 1, None)
             after = self.probe(request, proposal.target_old)
             seconds = time.perf_counter() - start
@@ -212,7 +221,7 @@ class EditService:
             )
         except BaseException as exc:
             if applied and delta is not None:
-                with self.lock.write():
+                with self.editor.changing_weights(), self.lock.write():
                     self.stack.revert(delta.id)
             self.log.transition(record.id, "failed", error=_short(exc))
             if isinstance(exc, EditingError):
@@ -223,24 +232,37 @@ class EditService:
     def revert(self, session: str, edit_id: int, password: str) -> EditRecord:
         self.passwords.check(password, session, "revert_edit")
         with self._edit_mutex:
-            record = self.log.get(edit_id)
-            if record.status != "applied" or record.delta_id not in self.stack:
+            try:
+                record = self.log.get(edit_id)
+            except KeyError as exc:
+                raise EditServiceError(f"There is no edit {edit_id} in the log.") from exc
+            if record.status != "applied":
                 raise EditServiceError(f"Edit {edit_id} is {record.status}, not applied; there is nothing to revert.")
-            with self.lock.write():
+            if record.delta_id not in self.stack:
+                raise EditServiceError(f"Edit {edit_id} is logged as applied but is not in the model: it was not "
+                                       "replayed at start-up (see the problems shown then); nothing to revert.")
+            with self.editor.changing_weights(), self.lock.write():
                 self.stack.revert(record.delta_id)
-                self.editor.invalidate()
             try:
                 return self.log.transition(edit_id, "reverted")
             except BaseException:
-                with self.lock.write():  # keep model and log in agreement
+                with self.editor.changing_weights(), self.lock.write():  # keep model and log in agreement
                     self.stack.apply(WeightDelta.load(record.delta_path))
                 raise
 
     # -- persistence ------------------------------------------------------------------------
 
     def replay(self) -> list[str]:
-        """Re-apply the log's applied edits (after a restart); returns problems found."""
+        """Re-apply the log's applied edits (after a restart); returns problems found.
+
+        A row still ``pending`` is an edit that a crash interrupted before it was logged as
+        applied: its weights were lost with the process, so it becomes ``failed``."""
         problems = []
+        for record in self.log.edits(status="pending"):
+            self.log.transition(record.id, "failed", error="interrupted: the app stopped before this edit finished")
+            problems.append(f"edit {record.id} ({record.subject} → {record.target_new}) was interrupted by a "
+                            "stop of the app and is marked failed")
+            log.warning(problems[-1])
         for record in self.log.applied():
             try:
                 if record.model_fingerprint and record.model_fingerprint != self.editor.fingerprint:
@@ -248,20 +270,25 @@ class EditService:
                 if not record.delta_path or not Path(record.delta_path).exists():
                     raise DeltaMismatch(f"its delta file {record.delta_path} is missing")
                 delta = WeightDelta.load(record.delta_path, expected_sha256=record.delta_sha256)
-                with self.lock.write():
+                with self.editor.changing_weights(), self.lock.write():
                     self.stack.apply(delta)
             except (DeltaMismatch, OSError, KeyError) as exc:
                 problems.append(f"edit {record.id} ({record.subject} → {record.target_new}) not replayed: {exc}")
                 log.warning(problems[-1])
-        self.editor.invalidate()
         return problems
 
     def save_checkpoint(self, session: str, password: str, root: Path) -> CheckpointRecord:
         self.passwords.check(password, session, "save_checkpoint")
+        with self._edit_mutex:  # the manifest lists exactly the edits in the saved weights
+            return self._save_checkpoint(Path(root))
+
+    def _save_checkpoint(self, root: Path) -> CheckpointRecord:
         start = time.perf_counter()
         applied = [r for r in self.log.applied() if r.delta_id in self.stack]
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path(root) / f"{_slug(self.loaded.name)}-{stamp}-{len(applied)}edits"
+        out = root / f"{_slug(self.loaded.name)}-{stamp}-{len(applied)}edits"
+        if out.exists():  # two saves within a second
+            out = out.with_name(f"{out.name}-{secrets.token_hex(2)}")
         manifest = {
             "base_model": self.loaded.name,
             "base_fingerprint": self.editor.fingerprint,

@@ -164,7 +164,9 @@ class CovarianceCache:
     def __init__(self, root: Path, fingerprint: str) -> None:
         self.root, self.fingerprint = Path(root), fingerprint
         self._memory: dict[tuple, torch.Tensor] = {}
-        self._lock = threading.Lock()  # a background precompute and an edit never compute twice
+        # a background precompute and an edit never compute twice; held by whoever changes the
+        # weights too (``Editor.changing_weights``), so no statistics mix two sets of weights
+        self.lock = threading.Lock()
         self.last_seconds: float = 0.0
         self.last_from_cache: bool = False
 
@@ -186,7 +188,7 @@ class CovarianceCache:
         n_tokens: int,
         progress: Progress | None = None,
     ) -> torch.Tensor:
-        with self._lock:
+        with self.lock:
             return self._get(model, tokenizer, spec, layer, corpus, n_tokens, progress)
 
     def _get(self, model, tokenizer, spec, layer, corpus, n_tokens, progress) -> torch.Tensor:

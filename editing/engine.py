@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -91,6 +93,17 @@ class Editor:
         if not 0 <= layer < self.depth:
             raise LayerOutOfRange(layer, self.depth)
         return layer
+
+    @contextmanager
+    def changing_weights(self) -> Iterator[None]:
+        """Hold while the model's weights change (apply, revert, replay): key statistics being
+        computed in the background finish first, so none mix the old weights with the new; what
+        was computed from the old weights is forgotten afterwards."""
+        with self.covariance.lock:
+            try:
+                yield
+            finally:
+                self.invalidate()
 
     def invalidate(self) -> None:
         """Forget what was computed from the current weights (call after they changed)."""

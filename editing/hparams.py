@@ -27,7 +27,9 @@ class ROMEHyperParams(_Strict):
     v_steps: int = 25
     v_weight_decay: float = 1e-3  # on ‖δ‖² / ‖v‖²
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ factor · ‖v‖
-    kl_factor: float = 0.0625  # KL(edited ‖ original) on the essence prompt "{} is a" (as ROME computes it)
+    # KL(edited ‖ original) of the next-token distribution after the essence prompt "{} is a",
+    # as the paper words it; ROME's code reads that distribution at the subject's last token instead
+    kl_factor: float = 0.0625
     stop_loss: float = 5e-2  # early stop once the mean NLL of the target is below this
     # Same-subject locality (thesis §5): KL on the subject's other relations; 0 disables.
     locality_kl_factor: float = 0.0

@@ -177,10 +177,15 @@ class EditLog:
         with self.transaction() as db:
             db["auth_attempts"].insert({"at": now(), "session": session, "action": action, "success": int(success)})
 
-    def failures_since(self, session: str, since: str) -> int:
-        return self.db.execute(
-            "SELECT count(*) FROM auth_attempts WHERE session = ? AND success = 0 AND at >= ?", [session, since]
-        ).fetchone()[0]
+    def failures_since(self, session: str | None, since: str) -> int:
+        """Wrong passwords since ``since``, in ``session`` or (None) in all sessions; attempts
+        refused by a limit unchecked (action ``…:locked``) are not counted."""
+        query = "SELECT count(*) FROM auth_attempts WHERE success = 0 AND at >= ? AND action NOT LIKE '%:locked'"
+        args: list = [since]
+        if session is not None:
+            query += " AND session = ?"
+            args.append(session)
+        return self.db.execute(query, args).fetchone()[0]
 
     def auth_attempts(self, limit: int = 100) -> list[AuthAttempt]:
         rows = self.db["auth_attempts"].rows_where(order_by="id desc", limit=limit)

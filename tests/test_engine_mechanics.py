@@ -338,3 +338,25 @@ def test_sampling_is_seeded_exact_length_and_leaves_global_rng(tiny, tokenizer):
         assert text.startswith(word)
         added = tokenizer(text, add_special_tokens=False).input_ids[len(tokenizer(word, add_special_tokens=False).input_ids):]
         assert 4 <= len(added) <= 8  # 6 sampled tokens (re-tokenising the text may merge a few)
+
+
+def test_weights_change_only_between_statistics_passes(tokenizer, tmp_path):
+    """Key statistics computed in the background are never a mix of two sets of weights:
+    a change of the weights waits until the computation holding the cache's lock is done."""
+    import threading
+
+    from conftest import make_tiny
+
+    ed = editor(make_tiny("llama", len(tokenizer)), tokenizer, tmp_path)
+    changed = threading.Event()
+
+    def change():
+        with ed.changing_weights():
+            changed.set()
+
+    with ed.covariance.lock:  # what a background statistics pass holds
+        worker = threading.Thread(target=change)
+        worker.start()
+        assert not changed.wait(0.3), "the weights changed while statistics were being computed"
+    assert changed.wait(10)
+    worker.join()

@@ -127,3 +127,45 @@ def test_invalid_override_is_refused(assistant):
     pid = assistant.service.register("s", PROPOSAL)
     with pytest.raises(EditServiceError, match="does not occur"):
         assistant.apply_edit("s", pid, PASSWORD, overrides={"subject": "Colosseum"})
+
+
+def test_crash_mid_edit_is_marked_failed_at_the_next_start(assistant, smollm2, tmp_path):
+    """A kill between the pending row and its outcome leaves a pending row; the restart
+    (whose weights never had that edit) marks it failed instead of leaving it pending forever."""
+    log = assistant.service.log
+    interrupted = log.add_pending(session="s", subject="Eiffel Tower", prompt=PROPOSAL.prompt, target_new="Rome",
+                                  method="rome", layer=4)
+    restarted = make_assistant(smollm2, tmp_path, db_path=tmp_path / "amend.sqlite")
+    [problem] = restarted.service.replay()
+    assert f"edit {interrupted.id}" in problem and "interrupted" in problem
+    row = restarted.service.log.get(interrupted.id)
+    assert row.status == "failed" and "interrupted" in row.error
+    assert restarted.service.replay() == []  # reported once
+
+
+def test_revert_of_an_edit_that_was_not_replayed_says_so(assistant):
+    log = assistant.service.log
+    record = log.add_pending(session="s", subject="Eiffel Tower", prompt=PROPOSAL.prompt, target_new="Rome",
+                             method="rome", layer=4)
+    log.transition(record.id, "applied", delta_id="lost")
+    with pytest.raises(EditServiceError, match="not in the model"):
+        assistant.revert_edit("s", record.id, PASSWORD)
+    with pytest.raises(EditServiceError, match="no edit 999"):
+        assistant.revert_edit("s", 999, PASSWORD)
+
+
+def test_two_applies_of_one_proposal_edit_once(assistant, smollm2):
+    """Two clicks (or two API calls) racing with the same one-time id: one edit, one refusal."""
+    from test_caches import run_together
+
+    pid = assistant.service.register("s", PROPOSAL)
+
+    def apply():
+        try:
+            return assistant.apply_edit("s", pid, PASSWORD)
+        except UnknownProposal as exc:
+            return exc
+
+    results = run_together(apply, apply)
+    assert sorted(type(r).__name__ for r in results) == ["EditReport", "UnknownProposal"]
+    assert [e.status for e in assistant.list_edits()] == ["applied"] and assistant.service.n_applied == 1

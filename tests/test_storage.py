@@ -101,4 +101,22 @@ def test_password_hash_only_and_limits(tmp_path):
         reopened.check("hunter22", "s", "apply_edit")
     reopened.check("hunter22", "other-session", "apply_edit")  # per session
     attempts = log.auth_attempts()
-    assert sum(not a.success for a in attempts) == 3 and attempts[0].action == "apply_edit"
+    assert attempts[0].action == "apply_edit" and attempts[0].success
+    assert attempts[1].action == "apply_edit:locked" and not attempts[1].success  # refused, logged, not counted
+    assert sum(not a.success for a in attempts if a.action == "apply_edit") == 3
+
+
+def test_new_sessions_do_not_reset_the_limit(tmp_path):
+    """A session id is the client's choice: guessing from a fresh session each time still hits
+    the limit over all sessions, and then even the right password is refused everywhere."""
+    store = PasswordStore(EditLog(tmp_path / "a.sqlite"), max_failures=3, max_failures_all=4)
+    store.set("hunter22")
+    for i in range(3):
+        with pytest.raises(WrongPassword):
+            store.check("guess", f"attacker-{i}", "revert_edit")
+    with pytest.raises(TooManyAttempts, match="all sessions"):
+        store.check("guess", "attacker-3", "revert_edit")
+    with pytest.raises(TooManyAttempts, match="all sessions") as refused:
+        store.check("hunter22", "owner", "apply_edit")
+    assert refused.value.everyone
+    assert store.log.failures_since(None, "2000-01-01T00:00:00Z") == 4
