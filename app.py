@@ -154,7 +154,8 @@ def build_ui(assistant):
     from storage.passwords import PasswordError
 
     def fail(exc: Exception):
-        return gr.Error(str(exc), print_exception=False)
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes itself
+        return gr.Error(text, print_exception=False)
 
     def session_of(request: gr.Request | None) -> str:
         return getattr(request, "session_hash", None) or "local"
@@ -208,6 +209,10 @@ def build_ui(assistant):
                                           layer=chosen, progress=report)
         except (EditServiceError, PasswordError) as exc:
             raise fail(exc) from exc
+        except Exception as exc:  # out of memory, a database error: the service restored weights and log
+            log.exception("edit failed")
+            raise gr.Error(f"The edit failed and nothing was changed ({type(exc).__name__}: {exc}); "
+                           "the server log has the details.", print_exception=False) from exc
         return (render_report(result), shown, hidden, "", assistant.model_info(), result.edit.id,
                 result.model_dump(mode="json"), log_rows())
 
@@ -237,6 +242,9 @@ def build_ui(assistant):
             record = assistant.save_checkpoint(session_of(request), password)
         except (EditServiceError, PasswordError) as exc:
             raise fail(exc) from exc
+        except OSError as exc:  # disk full, no permission: the temporary folder was removed
+            log.exception("checkpoint failed")
+            raise gr.Error(f"The checkpoint could not be written: {exc}", print_exception=False) from exc
         return (f"Checkpoint saved with {len(record.edit_ids)} edit(s) in {record.seconds:.1f} s: `{record.path}` "
                 f"(load it with `python app.py --model {record.path}`).", "")
 
@@ -287,7 +295,10 @@ def build_ui(assistant):
         """Fill the Inspect tab from a logged edit: its prompt, subject, new target and layer."""
         if edit_id in (None, ""):
             raise gr.Error("Choose an edit id in the log first.")
-        record = assistant.service.log.get(int(edit_id))
+        try:
+            record = assistant.service.log.get(int(edit_id))
+        except KeyError as exc:
+            raise fail(exc) from exc
         return record.prompt, record.subject, record.target_new, record.layer, gr.Tabs(selected="inspect")
 
     def select_row(evt: gr.SelectData, rows):
