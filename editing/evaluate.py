@@ -9,6 +9,8 @@ Each case starts from the unedited weights (the delta is reverted exactly in bet
 edits (a collapse curve).  Results go to ``DIR/cases.jsonl`` (resumable: a killed run continues
 where it stopped), ``DIR/summary.md``, ``DIR/metrics.png`` and ``DIR/run.json`` (the settings).
 ``touch out/PAUSE`` holds every running evaluation between two cases until it is removed.
+``--shard I/N`` runs every N-th case from the I-th (0-based) into the same folder, so N
+processes, one thread each, share a run's cases on N cores (single edits only).
 """
 
 from __future__ import annotations
@@ -94,6 +96,11 @@ def run(args, loaded=None) -> Path:
     applied: list = []
     curve = []
     todo = [c for c in cases if c.case_id not in done]
+    if getattr(args, "shard", None):
+        if args.sequential:
+            raise SystemExit("--shard splits single edits; a --sequential run is one sequence")
+        shard, shards = args.shard
+        todo = [c for i, c in enumerate(cases) if i % shards == shard and c.case_id not in done]
     # The collapse curve compares every earlier edit with the unedited model, so it needs each
     # case's probes on the unedited weights; a case's own "before" is after the edits before it.
     unedited = {}
@@ -326,7 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a hyperparameter of the method (editing/hparams.py), e.g. --set v_lr=1.0")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                        help="run only cases I, I+N, I+2N, ... (0-based), appending to the same folder")
     return parser
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard wants I/N, e.g. 0/2, not {value!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {value}: I must be in 0..N-1")
+    return index, count
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,3 +137,14 @@ def test_cases_too_long_to_edit_are_left_out_not_fatal(smollm2):
     too_long = cases[0].model_copy(update={"case_id": "long", "request": long_target})
     kept = _editable([too_long, *cases], smollm2.tokenizer, n=2)
     assert [c.case_id for c in kept] == [c.case_id for c in cases[:2]]
+
+
+def test_shard_option_is_checked():
+    import argparse
+
+    from editing.evaluate import _shard
+
+    assert _shard("1/3") == (1, 3)
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _shard(bad)
