@@ -48,3 +48,6 @@ ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method ft --mod
 ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method ft --model gemma3-270m --n 100
 ev --data cknowedit --file $D/cknowedit-zh-dev.json --method ft --model gemma3-270m --n 100
+# 2026-12-02, second session: CKnowEdit rerun whole on a new machine (out/ was lost); the first
+# 40 ROME / 81 FT cases one process each, the rest as two shards of one thread each, e.g.
+#   ev --data cknowedit ... --method rome --model gemma3-270m --n 100 --shard 0/2   # and --shard 1/2
