@@ -86,7 +86,7 @@ def _self_sampled(model: nn.Module, tokenizer: PreTrainedTokenizerBase, cache_di
         texts = sample_texts(model, tokenizer, language=language, n=_SAMPLE_BATCH, new_tokens=64,
                              seed=1000 + batch, top_k=40)
         with cache.open("a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
+            f.write(_jsonl(texts))  # one write: a batch is on disk whole or cut at its end
         yield from texts
         batch += 1
 
@@ -107,9 +107,13 @@ def _whole_batches(cache: Path) -> list[str]:
     if len(whole) != len(lines):
         log.warning("dropping an unfinished batch from %s", cache)
         tmp = cache.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in whole), encoding="utf-8")
+        tmp.write_text(_jsonl(whole), encoding="utf-8")
         tmp.replace(cache)
     return whole
+
+
+def _jsonl(texts: list[str]) -> str:
+    return "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts)
 
 
 @torch.no_grad()
@@ -197,18 +201,21 @@ class CovarianceCache:
         if key in self._memory:
             return self._memory[key]
         path = self.path(layer, corpus, n_tokens)
+        moment = None
         if not path.exists():
             # another process (a second evaluation, the app) may be computing the same statistics
             # or appending to the shared self-sampled corpus: wait for it, then read its file
             with FileLock(self._dir() / ".compute.lock"):
                 if not path.exists():
-                    self._compute(model, tokenizer, spec, layer, corpus, n_tokens, progress, path)
-        moment = load_file(path)["moment"]
+                    moment = self._compute(model, tokenizer, spec, layer, corpus, n_tokens, progress, path)
+        if moment is None:
+            moment = load_file(path)["moment"]
         device = next(model.parameters()).device
         self._memory[key] = moment.to(device)
         return self._memory[key]
 
-    def _compute(self, model, tokenizer, spec, layer, corpus, n_tokens, progress, path: Path) -> None:
+    def _compute(self, model, tokenizer, spec, layer, corpus, n_tokens, progress, path: Path) -> torch.Tensor:
+        """Compute, save (atomically, with a provenance sidecar) and return the moment."""
         self.last_from_cache = False
         start = time.perf_counter()
         moment, used = collect_key_moment(
@@ -229,3 +236,4 @@ class CovarianceCache:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         path.with_suffix(".json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+        return moment

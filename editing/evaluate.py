@@ -95,12 +95,10 @@ def run(args, loaded=None) -> Path:
     strip = (lambda text: strip_stop(text, profile))
     applied: list = []
     curve = []
-    todo = [c for c in cases if c.case_id not in done]
-    if getattr(args, "shard", None):
-        if args.sequential:
-            raise SystemExit("--shard splits single edits; a --sequential run is one sequence")
-        shard, shards = args.shard
-        todo = [c for i, c in enumerate(cases) if i % shards == shard and c.case_id not in done]
+    shard, shards = getattr(args, "shard", None) or (0, 1)
+    if shards > 1 and args.sequential:
+        raise SystemExit("--shard splits single edits; a --sequential run is one sequence")
+    todo = [c for i, c in enumerate(cases) if i % shards == shard and c.case_id not in done]
     # The collapse curve compares every earlier edit with the unedited model, so it needs each
     # case's probes on the unedited weights; a case's own "before" is after the edits before it.
     unedited = {}

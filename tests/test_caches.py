@@ -7,38 +7,15 @@ both succeed; a file cut short by a killed process must not stop the next start.
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import torch
+from tests_support import run_together
 
 from editing.covariance import _SAMPLE_BATCH, Corpus, CovarianceCache, _whole_batches
 from editing.spec import spec_for
 from runtime.loader import _locate_gguf, convert_builtin, converted_dir
 from runtime.profiles import BUILTIN_PROFILES
-
-
-def run_together(*calls):
-    """Run the calls in threads started together; return their results (or raise the first error)."""
-    results: list = [None] * len(calls)
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(calls))
-
-    def worker(i, call):
-        start.wait()
-        try:
-            results[i] = call()
-        except BaseException as exc:  # noqa: B036 - reported to the test below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i, c)) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def test_two_caches_compute_key_statistics_once(tokenizer, tmp_path):

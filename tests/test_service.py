@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 import torch
-from tests_support import PASSWORD, make_assistant
+from tests_support import PASSWORD, make_assistant, run_together
 
 from agents.proposal import EditProposal
 from agents.service import EditServiceError, UnknownProposal
@@ -156,7 +156,6 @@ def test_revert_of_an_edit_that_was_not_replayed_says_so(assistant):
 
 def test_two_applies_of_one_proposal_edit_once(assistant, smollm2):
     """Two clicks (or two API calls) racing with the same one-time id: one edit, one refusal."""
-    from test_caches import run_together
 
     pid = assistant.service.register("s", PROPOSAL)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,3 +57,26 @@ def served_app(assistant: Assistant) -> Iterator[str]:
         assistant.stop_all()  # an answer still streaming must not outlive the test
         demo.close()
         assistant.service.stack.revert_all()
+
+
+def run_together(*calls: Callable):
+    """Run the calls in threads started together; return their results (or raise the first error)."""
+    results: list = [None] * len(calls)
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(calls))
+
+    def worker(i, call):
+        start.wait()
+        try:
+            results[i] = call()
+        except BaseException as exc:  # noqa: B036 - re-raised below, in the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
