@@ -27,6 +27,7 @@ from editing.covariance import Corpus, CovarianceCache
 from editing.delta import WeightDelta
 from editing.errors import LayerOutOfRange
 from editing.fingerprint import model_fingerprint
+from editing.forward import PassChecks
 from editing.ft import compute_ft_delta
 from editing.hparams import FTHyperParams, ROMEHyperParams, hparams_for
 from editing.lens import choose_layer, logit_lens
@@ -77,6 +78,7 @@ class Editor:
         self._templates: dict[tuple, list[str]] = {}
         self._sampling = threading.Lock()
         self.prefix_cache = PrefixCache()  # the prompts' prefix keys/values, shared by edits
+        self.checks = PassChecks()  # which shortcuts this model's passes allow, learnt once
 
     @property
     def default_layer(self) -> int:
@@ -149,6 +151,7 @@ class Editor:
                 self.model, self.tokenizer, request, hparams, self.spec, layer,
                 templates=templates, covariance=covariance, chat_prompt=chat_prompt,
                 locality_prompts=list(locality_prompts), progress=progress, prefix_cache=self.prefix_cache,
+                checks=self.checks,
             )
         elif method == "ft":
             assert isinstance(hparams, FTHyperParams)
@@ -156,6 +159,7 @@ class Editor:
             result = compute_ft_delta(
                 self.model, self.tokenizer, request, hparams, self.spec, layer,
                 templates=templates, chat_prompt=chat_prompt, progress=progress, prefix_cache=self.prefix_cache,
+                checks=self.checks,
             )
         else:
             raise ValueError(f"unknown method {method!r}; choose rome or ft")

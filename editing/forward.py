@@ -6,20 +6,21 @@ embeddings, positions) — are recorded once and the upper layers are replayed f
 
 ROME goes further: only the tokens from the subject on change (``editing.suffix``).
 
-The replay is checked against a full forward pass once per model and quietly replaced by
-full passes where an architecture does not allow it.
+The replay is checked against a full forward pass once per model (``PassChecks``, owned by
+the model's ``Editor``) and replaced by full passes where an architecture does not allow it.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from editing.hooks import Hooks, hook_input, hook_output
 from editing.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -53,16 +54,25 @@ def last_hidden(model: nn.Module, spec: ModelSpec, **inputs: Any) -> torch.Tenso
     def post(_m, _args, output):
         captured["h"] = _first(output)
 
-    handle = layers[len(layers) - 1].register_forward_hook(post)
-    try:
+    with Hooks(hook_output(layers[len(layers) - 1], post)):
         model.base_model(**inputs)
-    finally:
-        handle.remove()
     return captured["h"]
 
 
-# models on which a layer replay was compared with a full pass: model -> {with a KV cache?}
-_REPLAY_CHECKED: weakref.WeakKeyDictionary[nn.Module, set[bool]] = weakref.WeakKeyDictionary()
+@dataclass
+class PassChecks:
+    """Which shortcuts one model's passes allow, each learnt once by comparing it with a full
+    pass: the layer replay (``UpperStack``) and the packed prefix-cached pass
+    (``editing.suffix.SuffixStack``), each with and without a KV cache.
+
+    Owned by the model's ``Editor`` (a function called without one checks every time).  Only a
+    comparison of results records a verdict — a difference is the architecture's; an exception
+    during a check (out of memory, a stopped pass) makes that one computation use full passes
+    and records nothing, so no passing fault can switch a shortcut off for later edits.
+    """
+
+    replay: dict[bool, bool] = field(default_factory=dict)  # with a KV cache? -> replay matches
+    suffix: dict[bool, bool] = field(default_factory=dict)  # with a KV cache? -> packed pass matches
 
 
 class UpperStack:
@@ -86,15 +96,17 @@ class UpperStack:
         fast: bool = True,
         fresh_cache: Callable[[], Any] | None = None,
         lazy: bool = False,
+        checks: PassChecks | None = None,
     ) -> None:
         self.model, self.spec, self.layer = model, spec, layer
+        self.checks = checks if checks is not None else PassChecks()
         self.inputs = {"use_cache": False, **inputs}
         self.fresh_cache = fresh_cache
         self.layers = model.get_submodule(spec.layers)
         self._calls: list[tuple[tuple, dict]] = []
-        self.fast = fast
-        self._pending = fast and lazy  # record during the first hidden() (an optimiser's first step)
-        if fast and not lazy:
+        self.fast = fast and self.checks.replay.get(fresh_cache is not None, True)
+        self._pending = self.fast and lazy  # record during the first hidden() (an optimiser's first step)
+        if self.fast and not lazy:
             with torch.no_grad():
                 self._record_or_fall_back()
 
@@ -103,8 +115,8 @@ class UpperStack:
         replay cannot be used (then ``fast`` is False and passes are full from now on)."""
         try:
             output, self.fast = self._record()
-        except Exception as exc:  # noqa: BLE001 - any failure means: use full passes
-            log.info("layer replay unavailable (%s); using full forward passes", exc)
+        except Exception as exc:  # noqa: BLE001 - this computation uses full passes; no verdict is recorded
+            log.warning("layer replay failed here (%s); this computation uses full forward passes", exc)
             output, self.fast = None, False
         if not self.fast:
             self._calls.clear()
@@ -112,7 +124,7 @@ class UpperStack:
 
     def _record(self) -> tuple[torch.Tensor, bool]:
         calls: list[tuple[tuple, dict]] = [None] * (len(self.layers) - self.layer)  # type: ignore[list-item]
-        handles = []
+        hooks = Hooks()
         for i in range(self.layer, len(self.layers)):
 
             def pre(_m, args, kwargs, i=i):
@@ -123,23 +135,20 @@ class UpperStack:
                     kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
                 calls[i - self.layer] = (args, dict(kwargs))
 
-            handles.append(self.layers[i].register_forward_pre_hook(pre, with_kwargs=True))
-        try:
+            hooks.add(hook_input(self.layers[i], pre, with_kwargs=True))
+        with hooks:
             output = last_hidden(self.model, self.spec, **self._pass_inputs())
-        finally:
-            for h in handles:
-                h.remove()
         self._calls = calls
         mode = self.fresh_cache is not None
-        if mode in _REPLAY_CHECKED.setdefault(self.model, set()):
+        if self.checks.replay.get(mode):
             return output, True  # replay was compared with a full pass on this model once; that suffices
         with torch.no_grad():
             replayed = self._replay()
         ok = same_result(replayed, output.detach())
-        if ok:
-            _REPLAY_CHECKED[self.model].add(mode)
-        else:
-            log.info("layer replay differs from the full pass by %.2e", (replayed - output.detach()).abs().max())
+        self.checks.replay[mode] = ok
+        if not ok:
+            log.info("layer replay differs from the full pass by %.2e on %s; full passes from now on",
+                     (replayed - output.detach()).abs().max(), self.model.config.model_type)
         return output, ok
 
     def _replay(self) -> torch.Tensor:

@@ -28,6 +28,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
+from editing.forward import PassChecks
+from editing.hooks import Hooks, hook_output
 from editing.hparams import FTHyperParams
 from editing.objective import Objective
 from editing.request import EditRequest
@@ -68,6 +70,7 @@ def compute_ft_delta(
     chat_prompt: ChatPromptFn | None = None,
     progress: ProgressFn | None = None,
     prefix_cache: PrefixCache | None = None,
+    checks: PassChecks | None = None,
 ) -> FTResult:
     start = time.perf_counter()
     device = next(model.parameters()).device
@@ -77,7 +80,7 @@ def compute_ft_delta(
     n_bare = len(rows.rewrite) - rows.n_chat_rows
     held = [False] * n_bare + [hparams.hold_chat_preamble] * rows.n_chat_rows
     objective = Objective(model, tokenizer, spec, layer, rows.rewrite, fast=True, from_subject=held,
-                          prefix_cache=prefix_cache)
+                          prefix_cache=prefix_cache, checks=checks)
 
     weight = mlp_weight(model, layer, spec)
     delta = torch.zeros(weight.shape, dtype=torch.float32, device=device, requires_grad=True)
@@ -93,8 +96,7 @@ def compute_ft_delta(
     optimizer = torch.optim.Adam([delta], lr=hparams.lr or radius / 2, betas=hparams.adam_betas)
     losses: list[float] = []
     target_prob = 0.0
-    handle = module.register_forward_hook(add_delta)
-    try:
+    with Hooks(hook_output(module, add_delta)):
         for step in range(hparams.steps):
             optimizer.zero_grad()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -110,8 +112,6 @@ def compute_ft_delta(
             optimizer.step()
             with torch.no_grad():  # project into the L∞ ball of radius ε around W₀
                 delta.clamp_(-radius, radius)
-    finally:
-        handle.remove()
     report("writing weights", hparams.steps, hparams.steps, None)
     result = WeightDelta(
         param=f"{spec.mlp_out_at(layer)}.weight",

@@ -1,8 +1,19 @@
-"""One small hook utility: read or rewrite module inputs/outputs during a forward pass.
+"""The one hook utility: read or rewrite module inputs/outputs during a forward pass.
 
-``Trace`` watches one module, ``TraceDict`` several.  Hooks are always removed on exit,
-also when the forward pass raises.  ``stop=True`` ends the forward pass right after the
-(last) traced module has run, which is how statistics skip the upper layers.
+Every hook the engine installs goes through ``hook_output`` / ``hook_input`` (``Trace`` and
+``TraceDict`` are built on them).  A PyTorch hook belongs to the module, not to the pass, and
+one model serves many threads at once (chat answers, an edit, key statistics, a trace), so each
+hook here acts only in the thread that installed it: a forward pass running in any other thread
+goes through untouched, as if the hook were not there.  The thread is the pass's identity
+because a module's hooks run in the thread that called it, and every computation in Amend runs
+its passes in the thread that set it up.  The wrapper takes any arguments: a hook removed while
+another thread's pass is between reading the hook table and calling it may be called with the
+other calling convention (PyTorch reads ``with_kwargs`` after the hook list), and must still do
+nothing there.
+
+Hooks are always removed on exit, also when the forward pass raises.  ``stop=True`` ends the
+forward pass right after the (last) traced module has run, which is how statistics skip the
+upper layers; ``StopForward`` is raised in the owner's pass only.
 
 A module's output may be a tensor or a tuple whose first element is the hidden state;
 ``edit_output`` sees and returns that first tensor only, and the tuple is rebuilt around it.
@@ -10,6 +21,7 @@ A module's output may be a tensor or a tuple whose first element is the hidden s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -17,12 +29,55 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 EditFn = Callable[[torch.Tensor, str], torch.Tensor]
 
 
 class StopForward(Exception):
     """Raised inside a hook to end a forward pass early; swallowed by the tracer."""
+
+
+def _owned(fn: Callable[..., Any]) -> Callable[..., Any]:
+    owner = threading.get_ident()
+
+    def hook(*args: Any) -> Any:
+        if threading.get_ident() != owner:
+            return None  # another request's pass: leave it alone
+        return fn(*args)
+
+    return hook
+
+
+def hook_output(module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> RemovableHandle:
+    """``fn(module, args, output)`` (or ``fn(module, args, kwargs, output)``) after ``module``
+    runs in this thread's passes; a non-None return replaces the output."""
+    return module.register_forward_hook(_owned(fn), with_kwargs=with_kwargs)
+
+
+def hook_input(module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False) -> RemovableHandle:
+    """``fn(module, args)`` (or ``fn(module, args, kwargs)``) before ``module`` runs in this
+    thread's passes; a non-None return replaces the arguments."""
+    return module.register_forward_pre_hook(_owned(fn), with_kwargs=with_kwargs)
+
+
+class Hooks(AbstractContextManager["Hooks"]):
+    """Handles removed together on exit: ``with Hooks(hook_output(m, f), ...): model(x)``."""
+
+    def __init__(self, *handles: RemovableHandle) -> None:
+        self.handles = list(handles)
+
+    def add(self, handle: RemovableHandle) -> None:
+        self.handles.append(handle)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.close()
+        return False
 
 
 def _first(x: Any) -> torch.Tensor:
@@ -59,7 +114,7 @@ class TraceDict(AbstractContextManager["TraceDict"]):
     ) -> None:
         self.paths = list(paths)
         self.records: dict[str, Record] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hooks = Hooks()
         for i, path in enumerate(self.paths):
             record = self.records[path] = Record()
             module = model.get_submodule(path)
@@ -78,15 +133,13 @@ class TraceDict(AbstractContextManager["TraceDict"]):
                     raise StopForward
                 return output
 
-            self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            self._hooks.add(hook_output(module, hook, with_kwargs=True))
 
     def __getitem__(self, path: str) -> Record:
         return self.records[path]
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._hooks.close()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.close()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.forward import UpperStack, final_logits
+from editing.forward import PassChecks, UpperStack, final_logits
 from editing.spec import ModelSpec
 from editing.suffix import PrefixCache, SuffixStack
 from editing.tokens import PromptTarget, length_buckets, pad_batch, pad_id
@@ -77,8 +77,10 @@ class Objective:
         fast: bool = True,
         from_subject: bool | list[bool] = False,
         prefix_cache: PrefixCache | None = None,
+        checks: PassChecks | None = None,
     ) -> None:
         self.model, self.spec = model, spec
+        checks = checks if checks is not None else PassChecks()
         self.device = next(model.parameters()).device
         rows = [*rewrite, *kl]
         self.n_rewrite, self.n_kl = len(rewrite), len(kl)
@@ -89,7 +91,8 @@ class Objective:
         self.buckets: list[_Bucket] = []
         if fast:  # every row in one packed pass (ROME: from its first subject end on)
             starts = [min(r.subject_positions) if h else 0 for r, h in zip(rows, held)]
-            stack = SuffixStack(model, spec, layer, [r.ids for r in rows], starts, pad, self.device, prefix_cache)
+            stack = SuffixStack(model, spec, layer, [r.ids for r in rows], starts, pad, self.device, prefix_cache,
+                                checks)
             if stack.available:
                 bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, lambda i, p: (0, stack.place(i, p)),
                                  (1, stack.length), self.device)
@@ -102,7 +105,7 @@ class Objective:
                 bucket = _Bucket(rows, index, self.n_rewrite, lambda i, p, local=local: (local[i], p),
                                  tuple(batch.input_ids.shape), self.device)
                 inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-                bucket.stack = UpperStack(model, spec, layer, inputs, fast=fast)
+                bucket.stack = UpperStack(model, spec, layer, inputs, fast=fast, checks=checks)
                 self.buckets.append(bucket)
         self.fast = all(b.stack.fast for b in self.buckets)
         self.counts = torch.bincount(

@@ -33,6 +33,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
+from editing.forward import PassChecks
+from editing.hooks import Hooks, hook_output
 from editing.hparams import ROMEHyperParams
 from editing.objective import Objective
 from editing.request import EditRequest
@@ -105,12 +107,14 @@ def compute_rome_delta(
     locality_prompts: list[str] = (),
     progress: ProgressFn | None = None,
     prefix_cache: PrefixCache | None = None,
+    checks: PassChecks | None = None,
 ) -> ROMEResult:
     """Compute ROME's rank-one delta for ``request`` at ``layer``; the model is left unchanged.
 
     ``templates`` are the context templates (``"{}"`` first, then sampled prefixes);
     ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I; ``prefix_cache`` keeps
-    the prompts' prefix keys/values for the next edit (``editing.suffix.PrefixCache``).
+    the prompts' prefix keys/values for the next edit (``editing.suffix.PrefixCache``);
+    ``checks`` remembers which shortcuts this model's passes allow (``editing.forward.PassChecks``).
     """
     start = time.perf_counter()
     report = progress or (lambda *a: None)
@@ -118,32 +122,30 @@ def compute_rome_delta(
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,
                       locality_prompts=locality_prompts if hparams.locality_kl_factor > 0 else [])
     objective = Objective(model, tokenizer, spec, layer, rows.rewrite, rows.kl,
-                          fast=hparams.fast_upper_layers, from_subject=True, prefix_cache=prefix_cache)
+                          fast=hparams.fast_upper_layers, from_subject=True, prefix_cache=prefix_cache,
+                          checks=checks)
 
     # -- steps 1 and 2: k* and v = W k* are read at the edit layer during the first pass (δ = 0):
     # the mean input and output of the MLP projection at the subject (v = W k* as it is linear)
     dtype = next(model.parameters()).dtype
     module = model.get_submodule(spec.mlp_out_at(layer))
     delta = torch.zeros(module.weight.shape[1 if spec.conv1d else 0], device=objective.device, requires_grad=True)
-    first_pass: dict[str, list[torch.Tensor]] | None = {"keys": [], "values": [], "bare": []}
+    # per bucket run: (keys, values, bare key).  The first bucket pass of a model may run the
+    # edit layer twice (``UpperStack`` compares its replay with the full pass once): the first
+    # reading is kept, so k* is the same on a model's first edit as on every later one
+    first_pass: dict[int, tuple] | None = {}
 
     def at_edit_layer(_module, args, output: torch.Tensor) -> torch.Tensor:
         # output: (rows, seq, d_out); δ lands only on the subject's last token(s)
-        if first_pass is not None:
+        if first_pass is not None and id(objective.current) not in first_pass:
             keys, bare = objective.at_subject(args[0].detach())
-            first_pass["keys"].append(keys)
-            first_pass["values"].append(objective.at_subject(output.detach())[0])
-            if bare is not None:
-                first_pass["bare"].append(bare)
+            first_pass[id(objective.current)] = (keys, objective.at_subject(output.detach())[0], bare)
         mask = objective.subject_mask.unsqueeze(-1).to(output.dtype)
         return output + mask * delta.to(output.dtype)
 
     def forward() -> tuple[torch.Tensor, torch.Tensor]:
-        handle = module.register_forward_hook(at_edit_layer)
-        try:
+        with Hooks(hook_output(module, at_edit_layer)):
             return objective()
-        finally:
-            handle.remove()
 
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     losses: list[float] = []
@@ -152,9 +154,10 @@ def compute_rome_delta(
         optimizer.zero_grad()
         per_row, kl_logp = forward()  # (n_rewrite,) mean log P(target) per row; (n_kl, vocab)
         if first_pass is not None:  # δ = 0: the unedited model
-            key = torch.cat(first_pass["keys"]).float().mean(0)  # k* (d_in,)
-            value = torch.cat(first_pass["values"]).float().mean(0)  # W k* (d_out,)
-            bare_key = first_pass["bare"][0].float()
+            readings = list(first_pass.values())  # in bucket order
+            key = torch.cat([k for k, _, _ in readings]).float().mean(0)  # k* (d_in,)
+            value = torch.cat([v for _, v, _ in readings]).float().mean(0)  # W k* (d_out,)
+            bare_key = next(b for _, _, b in readings if b is not None).float()
             kl_init = kl_logp.detach()
             max_norm = hparams.clamp_norm_factor * value.norm()
             first_pass = None

@@ -7,20 +7,20 @@ every step runs only the tails from the subject's last token on — about 45 of 
 a CounterFact edit on smollm2 — all rows packed into one sequence (README, "Edit speed").
 FT packs whole rows the same way (``hold_chat_preamble`` holds the chat row's preamble: ``editing.ft``).
 
-Checked against a full forward pass once per model and quietly replaced by full passes (in
-length buckets, ``editing.objective``) where an architecture does not allow it.
+Checked against a full forward pass once per model (``editing.forward.PassChecks``) and
+replaced by full passes (in length buckets, ``editing.objective``) where an architecture does
+not allow it.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from typing import Any
 
 import torch
 from torch import nn
 
-from editing.forward import UpperStack, last_hidden, same_result
+from editing.forward import PassChecks, UpperStack, last_hidden, same_result
 from editing.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,6 @@ class PrefixCache:
             del self._entries[next(iter(self._entries))]
 
 
-# models on which a packed pass was compared with a full pass: model -> {with a KV cache?: it matched}
-_SUFFIX_CHECKED: weakref.WeakKeyDictionary[nn.Module, dict[bool, bool]] = weakref.WeakKeyDictionary()
-
-
 class SuffixStack:
     """Run each row from its own start position on, the tokens before it held in a KV cache.
 
@@ -137,8 +133,10 @@ class SuffixStack:
     """
 
     def __init__(self, model: nn.Module, spec: ModelSpec, layer: int, rows: list[list[int]], starts: list[int],
-                 pad_id: int, device: torch.device, prefix_cache: PrefixCache | None = None) -> None:
+                 pad_id: int, device: torch.device, prefix_cache: PrefixCache | None = None,
+                 checks: PassChecks | None = None) -> None:
         self.model, self.spec = model, spec
+        checks = checks if checks is not None else PassChecks()
         self.starts = starts
         tails = [len(r) - s for r, s in zip(rows, starts)]
         self.offsets = [sum(tails[:i]) for i in range(len(rows))]  # where each row's tail begins
@@ -157,16 +155,15 @@ class SuffixStack:
             return  # a sliding layer would drop tokens that a full pass still sees
         try:
             self._fill_cache()
-            checked = _SUFFIX_CHECKED.setdefault(model, {})
             mode = bool(self._kv)
-            if mode not in checked:
-                checked[mode] = self._matches_full_pass()
-            self.available = checked[mode]
+            if mode not in checks.suffix:
+                checks.suffix[mode] = self._matches_full_pass()
+            self.available = checks.suffix[mode]
             if self.available:  # and nothing below the edit layer changes either
                 self._upper = UpperStack(model, spec, layer, self._inputs(),
-                                         fresh_cache=self._cache if self._kv else None, lazy=True)
-        except Exception as exc:  # noqa: BLE001 - any failure means: use the full rows
-            log.info("prefix caching unavailable (%s); running whole rows", exc)
+                                         fresh_cache=self._cache if self._kv else None, lazy=True, checks=checks)
+        except Exception as exc:  # noqa: BLE001 - this computation runs whole rows; no verdict is recorded
+            log.warning("prefix-cached pass failed here (%s); this computation runs whole rows", exc)
             self.available = False
 
     @property

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.forward import UpperStack, final_logits, last_hidden
+from editing.forward import PassChecks, UpperStack, final_logits, last_hidden
 from editing.hooks import TraceDict
 from editing.request import continuation
 from editing.spec import ModelSpec, spec_for
@@ -64,6 +64,7 @@ def causal_trace(
     seed: int = 0,
     spec: ModelSpec | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    checks: PassChecks | None = None,
 ) -> TraceResult:
     spec = spec or spec_for(model)
     device = next(model.parameters()).device
@@ -120,7 +121,8 @@ def causal_trace(
     # Record the corrupted pass once; each restoration then replays only the layers from the
     # first restored one upward (nothing below it differs from the corrupted run).
     with TraceDict(model, [spec.embed], edit_output=lambda output, _path: corrupt(output)):
-        stack = UpperStack(model, spec, 0, {"input_ids": batch, "attention_mask": torch.ones_like(batch)})
+        stack = UpperStack(model, spec, 0, {"input_ids": batch, "attention_mask": torch.ones_like(batch)},
+                           checks=checks)
 
     def restored_probs(first: int) -> torch.Tensor:
         """Next-token distribution of every row, the restoration hooks being installed."""

@@ -202,6 +202,65 @@ def test_trace_stop_and_tuple_outputs(tiny):
     assert not torch.allclose(zeroed, tiny(input_ids=x).logits)
 
 
+def test_hooks_act_only_in_the_thread_that_installed_them(tiny):
+    """A pass in another thread (a chat answer beside an edit) goes through untouched: no edited
+    output, no recording, no StopForward."""
+    import threading
+
+    spec = spec_for(tiny)
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        clean = tiny(input_ids=x).logits
+    seen = {}
+
+    def other_thread():
+        with torch.no_grad():
+            seen["logits"] = tiny(input_ids=x).logits
+
+    with Trace(tiny, spec.layer(1), edit_output=lambda out, _p: out * 0, stop=True) as t:
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert t.output is None, "the other thread's pass was recorded"
+        tiny(input_ids=x)  # this thread's pass: edited, recorded, stopped
+    assert torch.equal(seen["logits"], clean)
+    assert t.output is not None and not t.output.any()
+
+
+def test_a_check_that_fails_switches_no_fast_path_off(tokenizer, tmp_path, monkeypatch):
+    """Only a comparison of results records a verdict: an exception during the check (here: an
+    interrupted pass) makes that edit use whole rows and leaves the next edit on the fast path."""
+    from conftest import make_tiny
+
+    import editing.suffix
+
+    model = make_tiny("llama", len(tokenizer))
+    ed = editor(model, tokenizer, tmp_path)
+
+    def interrupted(self):
+        raise RuntimeError("interrupted")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(editing.suffix.SuffixStack, "_matches_full_pass", interrupted)
+        ed.compute(REQUEST, "rome", 1, FAST)
+    assert ed.checks.suffix == {}
+    ed.compute(REQUEST, "rome", 1, FAST)
+    assert ed.checks.suffix == {True: True} and ed.checks.replay[True]
+
+
+def test_k_star_is_the_same_on_the_first_edit_of_a_model(tokenizer, tmp_path):
+    """The first edit compares the layer replay with a full pass (the edit layer runs twice);
+    its k*, and so its delta, equals a later edit's bit for bit."""
+    from conftest import make_tiny
+
+    model = make_tiny("llama", len(tokenizer))
+    ed = editor(model, tokenizer, tmp_path)
+    first = ed.compute(REQUEST, "rome", 1, FAST).delta
+    ed.invalidate()
+    second = ed.compute(REQUEST, "rome", 1, FAST).delta
+    assert all(torch.equal(first.tensors[k], second.tensors[k]) for k in first.tensors)
+
+
 def test_layer_out_of_range_and_unknown_architecture(tiny, tokenizer, tmp_path):
     with pytest.raises(LayerOutOfRange):
         editor(tiny, tokenizer, tmp_path).compute(REQUEST, "rome", 99, FAST)
