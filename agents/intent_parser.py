@@ -4,6 +4,15 @@ It needs a correction cue ("actually", "no,", "should be", "不对", "应该是"
 a plain statement, a question or a bare "that's wrong" yields nothing.  When the message
 names no subject ("No, it's Rome"), the previous assistant answer supplies the subject,
 the relation and the old value.
+
+Every message costs time linear in its length, and little: a correction is a sentence, so only
+the first ``MAX_CORRECTION_CHARS`` characters' worth of message is read (a longer one is not a
+correction); whitespace runs, newlines included, become single spaces first, so no ``.+$``
+can fail on a line break and retry from every position; and the tail clauses ("…, not W",
+"…而不是W") are found by one scan of the last clause instead of an end-anchored search that
+re-scans the rest of the text from every start (that search took 12 s on a 32 KB message:
+``bench/parser_speed.py``).  The patterns left are anchored, or searched for a fixed word,
+so none of them backtracks over more than a word.
 """
 
 from __future__ import annotations
@@ -38,9 +47,12 @@ _EN_RELATION = re.compile(
     r"is a|is an|is the|was|is|are|were|has been|'s)\s(?P<obj>.+)$",
     re.IGNORECASE,
 )
-_EN_NOT_TAIL = re.compile(r"(?:,?\s*(?:and\s+)?not\s+(?P<old>[^,.;!]+)|,?\s*instead of\s+(?P<old2>[^,.;!]+))\s*[.!]*$",
-                          re.IGNORECASE)
-_EN_NOT_HEAD = re.compile(r"^(?P<old>[^,]+?)\s+(?:is not|isn't|is no longer)\b", re.IGNORECASE)
+# "…, not W" / "… instead of W" at the end: searched for in the last clause only (``_tail_clause``)
+_EN_NOT_TAIL = re.compile(r",? ?(?:and )?\bnot (?P<old>.+)$|,? ?\binstead of (?P<old2>.+)$", re.IGNORECASE)
+_EN_CLAUSE_END = ",.;!"
+# "X is not W, it's Z": the negation, searched for in one clause (``_negated_then_corrected``)
+_EN_NEGATION = re.compile(r" (?:is not|isn't|was not|wasn't) (?P<old>.+)$", re.IGNORECASE)
+_EN_CORRECTED = re.compile(r" ?(?:it'?s|it is|but|it was) (?P<new>.+)$", re.IGNORECASE)
 _PRONOUN_SUBJECT = re.compile(r"^(it|that|this|he|she|they|the answer)$", re.IGNORECASE)
 _ARTICLE = re.compile(r"^(the|a|an)\s+", re.IGNORECASE)
 _OF = re.compile(r"^(?P<head>(?:the\s+)?[\w\s-]+?)\s+(?:of|on)\s+(?P<subject>.+)$", re.IGNORECASE)
@@ -55,9 +67,24 @@ _ZH_LEAD = re.compile(r"^\s*(?:(?:不对|不是的|错了|错|你错了|你说�
 _ZH_CUE = re.compile(r"(不对|不是|错|应该|记住|更正|纠正|其实|实际上|事实上|而非|而不是)")
 _ZH_QUESTION = re.compile(r"(吗|呢|什么|谁|哪|几|多少|怎么|为何|为什么|如何)[？?]?\s*$|[？?]\s*$")
 _ZH_RELATION = re.compile(r"^(?P<left>.+?)(?P<rel>应该是|应当是|其实是|实际上是|位于|出生于|出生在|生于|来自|属于|成立于|毕业于|是)(?P<obj>.+)$")
-_ZH_NOT_TAIL = re.compile(r"[，,]?\s*(?:而不是|不是|而非)(?P<old>[^，,。！!]+)[。！!]*$")
+_ZH_NOT_TAIL = re.compile(r"[，,]? ?(?:而不是|不是|而非)(?P<old>.+)$")  # in the last clause only
+_ZH_CLAUSE_END = "，,。！!"
 
 _TRAIL = " \t\n.。!！;；,，\"'“”‘’"
+MAX_CORRECTION_CHARS = 400  # the longest correction in the intent corpora has 68
+
+
+def _tail_clause(text: str, pattern: re.Pattern, clause_end: str, closing: str) -> re.Match | None:
+    """``pattern`` searched in the last clause of ``text`` (after its last ``clause_end``
+    character), once trailing ``closing`` punctuation is set aside: one backward scan and one
+    search of that clause, however long the text."""
+    end = len(text.rstrip(closing))
+    start = end
+    while start > 0 and text[start - 1] not in clause_end:
+        start -= 1
+    if start > 0 and text[start - 1] in ",，":  # the pattern may begin at the comma itself
+        start -= 1
+    return pattern.search(text, start, end)
 
 
 @dataclass(frozen=True)
@@ -121,10 +148,26 @@ def _strip_preposition(value: str) -> str:
 
 
 def _en_old_value(sentence: str) -> tuple[str, str | None]:
-    m = _EN_NOT_TAIL.search(sentence)
+    m = _tail_clause(sentence, _EN_NOT_TAIL, _EN_CLAUSE_END, " .!")
     if m:
         return sentence[: m.start()], _clean(m.group("old") or m.group("old2"))
     return sentence, None
+
+
+def _negated_then_corrected(body: str) -> tuple[str, str, str] | None:
+    """"X is not W, it's Z" -> (X, W, Z), W without a clause break: the first clause that holds a
+    negation and whose end is followed by "it's …" / "but …".  Each clause is searched once."""
+    start = 0
+    for i, ch in enumerate(body):
+        if ch not in ",.;":
+            continue
+        corrected = _EN_CORRECTED.match(body, i + 1)
+        if corrected:
+            negation = _EN_NEGATION.search(body, start, i)
+            if negation and negation.start() > 0:
+                return body[: negation.start()], negation.group("old"), corrected.group("new")
+        start = i + 1
+    return None
 
 
 _EN_HEDGE = re.compile(r"\b(maybe|perhaps|i think|i guess|i believe|not sure|i'?m not sure|can'?t remember|might be|probably|"
@@ -134,7 +177,7 @@ _EN_CLAUSE_TAIL = re.compile(r",\s*(?:i|you|we|right|isn'?t it|ok|okay|but|and|s
 
 
 def parse_english(message: str, previous_answer: str | None) -> ParsedFact | None:
-    text = message.strip()
+    text = " ".join(message.split())
     if _EN_HEDGE.search(text):
         return None
     if text.endswith("?") or (_EN_QUESTION.match(text) and not _EN_CUE.search(text.split(",")[0])):
@@ -143,10 +186,10 @@ def parse_english(message: str, previous_answer: str | None) -> ParsedFact | Non
         return None
     body = _EN_LEAD.sub("", text).strip()
     # "X is not W, it's Z" / "It's not W, it's Z"
-    m = re.match(r"^(?P<left>.+?)\s+(?:is not|isn't|was not|wasn't)\s+(?P<old>[^,.;]+)[,.;]\s*(?:it'?s|it is|but|it was)\s+"
-                 r"(?P<new>.+)$", body, re.IGNORECASE)
-    if m:
-        left, new, old = m.group("left"), _clean(m.group("new")), _strip_preposition(_clean(m.group("old")))
+    negated = _negated_then_corrected(body)
+    if negated:
+        left, old, new = negated
+        new, old = _clean(new), _strip_preposition(_clean(old))
         if _PRONOUN_SUBJECT.match(left.strip()):
             return _from_previous(previous_answer, new, old)
         statement = _en_statement(f"{left} is {new}")
@@ -185,7 +228,9 @@ def _old_from_answer(answer: str, subject: str) -> str | None:
 
 
 def _first_statement(answer: str) -> ParsedFact | None:
-    sentence = re.split(r"(?<=[.!。！])\s*", answer.strip())[0]
+    # the model's answer: its first sentence, whitespace collapsed, at most a correction's length
+    sentence = re.split(r"(?<=[.!。！]) ?", " ".join(answer[: 4 * MAX_CORRECTION_CHARS].split()))[0]
+    sentence = sentence[:MAX_CORRECTION_CHARS]
     if _is_cjk(sentence):
         found = _zh_statement(sentence)
         return ParsedFact(*found, None, "zh") if found else None
@@ -226,7 +271,7 @@ def _zh_statement(sentence: str) -> tuple[str, str, str] | None:
 
 
 def parse_chinese(message: str, previous_answer: str | None) -> ParsedFact | None:
-    text = message.strip()
+    text = " ".join(message.split())
     if _ZH_HEDGE.search(text):
         return None
     if _ZH_QUESTION.search(text):
@@ -235,7 +280,7 @@ def parse_chinese(message: str, previous_answer: str | None) -> ParsedFact | Non
         return None
     body = _ZH_LEAD.sub("", text).strip()
     old = None
-    m = _ZH_NOT_TAIL.search(body)
+    m = _tail_clause(body, _ZH_NOT_TAIL, _ZH_CLAUSE_END, " 。！!")
     if m:
         old = _clean(m.group("old"))
         body = body[: m.start()]
@@ -256,7 +301,16 @@ def parse_chinese(message: str, previous_answer: str | None) -> ParsedFact | Non
 
 
 def parse_correction(message: str, previous_answer: str | None = None) -> ParsedFact | None:
-    """The fact a correction states, or None if the message is not a correction."""
+    """The fact a correction states, or None if the message is not a correction (a message
+    longer than ``MAX_CORRECTION_CHARS`` is none)."""
+    if not message or not message.strip() or len(message) > MAX_CORRECTION_CHARS:
+        return None
+    return parse_unbounded(message, previous_answer)
+
+
+def parse_unbounded(message: str, previous_answer: str | None = None) -> ParsedFact | None:
+    """``parse_correction`` without the length bound (its cost is linear in the length:
+    ``bench/parser_speed.py`` times it on long adversarial messages)."""
     if not message or not message.strip():
         return None
     if _is_cjk(message):

@@ -66,3 +66,42 @@ def test_llm_extractor_validates_and_retries():
     agent = IntentAgent(generate=lambda prompt: bad)
     assert agent.propose("Actually, the Eiffel Tower is in Rome.").extractor == "parser"
     assert extract_with_llm(lambda prompt: '{"correction": false}', "thanks", None) is None
+
+
+# -- no input crashes the parser, and none costs more than linear time ------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from agents.intent_parser import MAX_CORRECTION_CHARS, parse_correction, parse_unbounded  # noqa: E402
+
+# words the patterns look for, so that generated messages reach deep into the parser
+WORDS = ["Actually,", "no", "not", "is", "is not", "isn't", "instead of", "it's", "the", "of", "'s", "was born in",
+         "不对，", "不是", "是", "而不是", "应该是", "的", ",", ".", ";", "!", "\n", " ", "\x00", "🙂", "שלום", "{x}"]
+MESSAGES = st.one_of(st.text(max_size=300), st.lists(st.sampled_from(WORDS) | st.text(max_size=5), max_size=60).map(" ".join))
+
+
+@settings(max_examples=400, deadline=None)
+@given(message=MESSAGES, previous=st.one_of(st.none(), MESSAGES))
+def test_no_message_crashes_the_parser(message, previous):
+    fact = parse_correction(message, previous)
+    if fact is not None:
+        assert fact.subject and fact.target_new and fact.subject in fact.prompt
+    assert IntentAgent().propose(message, previous) is None or fact is not None
+
+
+def test_a_message_longer_than_a_correction_is_not_read():
+    correction = "Actually, the Eiffel Tower is in Rome."
+    assert parse_correction(correction) is not None
+    padded = correction + " " * MAX_CORRECTION_CHARS
+    assert parse_correction(padded) is None and parse_unbounded(padded) is not None
+
+
+def test_adversarial_messages_parse():
+    """The inputs that made the old end-anchored patterns quadratic (12 s at 32 KB) still parse,
+    to the same verdict at every length (their timing is ``bench/parser_speed.py``'s)."""
+    from bench.parser_speed import FAMILIES
+
+    for name, make in FAMILIES.items():
+        verdicts = {parse_unbounded(make(n)) is None for n in (4096, 65536)}
+        assert len(verdicts) == 1, name
