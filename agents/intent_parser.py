@@ -139,7 +139,9 @@ def _en_statement(sentence: str) -> tuple[str, str, str] | None:
     if lead and len(value) > len(lead.group(0)):
         prompt_tail = " " + lead.group(0).strip()
         value = value[len(lead.group(0)) :]
-    prompt = f"{left[0].upper()}{left[1:]} {rel}{prompt_tail}"
+    # a sentence starts with a capital, unless that would change the subject ("iPhone", "nOT")
+    head = left if left.startswith(subject) else f"{left[0].upper()}{left[1:]}"
+    prompt = f"{head} {rel}{prompt_tail}"
     return subject, prompt, value
 
 
