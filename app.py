@@ -3,6 +3,8 @@
     python app.py                       # start on the default model (gemma3-270m) at 127.0.0.1:7860
     python app.py --model smollm2       # the other built-in model
     python app.py set-password          # set the edit password (prompted, not echoed)
+    python app.py unlock                # forget failed password attempts (after a lockout)
+    python app.py add-user NAME         # a login for --auth (prompted, not echoed)
 
 This file wires the services together and draws the Gradio page; it never touches tensors.
 """
@@ -35,6 +37,7 @@ class Settings:
     intent: str = "auto"  # auto | parser | llm
     method: str = "rome"
     trust_remote_code: bool = False
+    auth: bool = False  # the whole UI behind a login (users from `app.py add-user`)
 
     @property
     def state_dir(self) -> Path:
@@ -81,7 +84,8 @@ def build_assistant(settings: Settings):
     editor = Editor(loaded.model, loaded.tokenizer, stats_dir=settings.home / "stats",
                     default_layer=loaded.profile.default_edit_layer, chat_prompt=chat.prompt_text)
     edit_log, passwords = open_log(settings)
-    service = EditService(loaded, editor, edit_log, passwords, settings.state_dir / "deltas", lock=lock, chat=chat,
+    service = EditService(loaded, editor, edit_log, passwords, settings.state_dir / "deltas",
+                          checkpoints_dir=settings.home / "checkpoints", lock=lock, chat=chat,
                           default_method=settings.method)
     _precompute_statistics(editor)
     problems = service.replay() if settings.replay else []
@@ -91,7 +95,7 @@ def build_assistant(settings: Settings):
     if use_llm:
         def generate(prompt: str) -> str:
             return chat.complete(prompt, GenerationSettings(max_new_tokens=96))
-    return Assistant(chat, IntentAgent(generate), service, settings.home / "checkpoints", problems)
+    return Assistant(chat, IntentAgent(generate), service, problems)
 
 
 def _precompute_statistics(editor) -> None:
@@ -147,8 +151,12 @@ def _sample_contexts(editor) -> None:
 
 def build_ui(assistant):
     """The Gradio Blocks app. Handlers are thin: they call ``Assistant`` and map errors."""
+    import functools
+    import inspect
+
     import gradio as gr
 
+    from agents.assistant import InspectError
     from agents.chat import GenerationSettings
     from agents.service import EditServiceError
     from storage.passwords import PasswordError
@@ -157,8 +165,58 @@ def build_ui(assistant):
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes itself
         return gr.Error(text, print_exception=False)
 
+    meant_for_people = (EditServiceError, PasswordError, InspectError, KeyError)
+
+    def unexpected(fn, exc: Exception):
+        log.exception("%s failed", fn.__name__)
+        return gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}); nothing was changed. "
+                        "The server log has the details.", print_exception=False)
+
+    def guarded(fn):
+        """Every handler's errors reach the person as a sentence: the service's own messages as
+        they are, anything unexpected as its type and text (the traceback goes to the log)."""
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def stream(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except gr.Error:
+                    raise
+                except meant_for_people as exc:
+                    raise fail(exc) from exc
+                except Exception as exc:
+                    raise unexpected(fn, exc) from exc
+            return stream
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except meant_for_people as exc:
+                raise fail(exc) from exc
+            except Exception as exc:
+                raise unexpected(fn, exc) from exc
+        return call
+
     def session_of(request: gr.Request | None) -> str:
         return getattr(request, "session_hash", None) or "local"
+
+    def address_of(request: gr.Request | None) -> str | None:
+        client = getattr(request, "client", None)
+        return getattr(client, "host", None)
+
+    def as_int(value, what: str) -> int | None:
+        if value in (None, ""):
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise gr.Error(f"The {what} must be a whole number.", print_exception=False) from None
+        if not number.is_integer():
+            raise gr.Error(f"The {what} must be a whole number.", print_exception=False)
+        return int(number)
 
     def log_rows(status: str = "all", search: str = "") -> list[list]:
         rows = []
@@ -170,9 +228,17 @@ def build_ui(assistant):
     hidden, shown = gr.update(visible=False), gr.update(visible=True)
 
     # -- chat handlers
+    @guarded
     def chat_ui(message: str, temperature: float, max_new_tokens: int, request: gr.Request):
         """Send a message. Yields the chat so far; a correction opens the confirmation card."""
-        settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+        tokens = as_int(max_new_tokens, "number of new tokens") or 128
+        try:
+            heat = float(temperature or 0.0)
+        except (TypeError, ValueError):
+            raise gr.Error("The temperature must be a number.", print_exception=False) from None
+        if not 1 <= tokens <= 512 or not 0.0 <= heat <= 2.0:
+            raise gr.Error("Max new tokens must be 1–512 and the temperature 0–2.", print_exception=False)
+        settings = GenerationSettings(max_new_tokens=tokens, temperature=heat)
         session = session_of(request)
         turn = None
         box = ""  # clear the textbox once; later yields leave alone what the person types meanwhile
@@ -186,15 +252,18 @@ def build_ui(assistant):
             yield (turn.history, box, turn.notice or "", p.model_dump(mode="json"), shown, p.id,
                    p.proposal.subject, p.proposal.prompt, p.proposal.target_new, p.proposal.target_old or "")
 
+    @guarded
     def clean_ui(request: gr.Request):
         """Clear this session's chat history (the same as typing `clean`)."""
         return [], assistant.clean(session_of(request)), None, hidden
 
+    @guarded
     def stop_ui(request: gr.Request):
         """Stop the answer being generated for this session."""
         assistant.stop(session_of(request))
 
     # -- edit handlers
+    @guarded
     def apply_ui(pid: str, password: str, subject: str, prompt: str, target_new: str, method: str,
                  layer: float | None, auto_layer: bool, request: gr.Request, progress=gr.Progress()):
         """Apply the pending proposal `pid` (needs the edit password); returns the before/after report."""
@@ -203,102 +272,80 @@ def build_ui(assistant):
             progress((step, max(total, 1)) if total else 0, desc=desc)
 
         overrides = {"subject": subject, "prompt": prompt, "target_new": target_new}
-        try:
-            chosen = "auto" if auto_layer else (int(layer) if layer not in (None, "") else None)
-            result = assistant.apply_edit(session_of(request), pid, password, overrides=overrides, method=method,
-                                          layer=chosen, progress=report)
-        except (EditServiceError, PasswordError) as exc:
-            raise fail(exc) from exc
-        except Exception as exc:  # out of memory, a database error: the service restored weights and log
-            log.exception("edit failed")
-            raise gr.Error(f"The edit failed and nothing was changed ({type(exc).__name__}: {exc}); "
-                           "the server log has the details.", print_exception=False) from exc
+        chosen = "auto" if auto_layer else as_int(layer, "layer")
+        result = assistant.apply_edit(session_of(request), pid, password, overrides=overrides, method=method,
+                                      layer=chosen, progress=report, address=address_of(request))
         return (render_report(result), shown, hidden, "", assistant.model_info(), result.edit.id,
                 result.model_dump(mode="json"), log_rows())
 
+    @guarded
     def cancel_ui(pid: str, request: gr.Request):
         """Drop the pending proposal `pid`."""
-        try:
-            assistant.cancel_edit(session_of(request), pid)
-        except EditServiceError:
-            pass
+        assistant.cancel_edit(session_of(request), pid)
         return hidden, "", "Proposal cancelled; nothing was changed."
 
+    @guarded
     def revert_ui(edit_id: float, password: str, request: gr.Request):
         """Revert the applied edit `edit_id` (needs the edit password)."""
-        if edit_id in (None, ""):
+        edit_id = as_int(edit_id, "edit id")
+        if edit_id is None:
             raise gr.Error("Choose the id of an applied edit first.")
-        try:
-            record = assistant.revert_edit(session_of(request), int(edit_id), password)
-        except (EditServiceError, PasswordError, KeyError) as exc:
-            raise fail(exc) from exc
+        record = assistant.revert_edit(session_of(request), edit_id, password, address=address_of(request))
         return (f"Edit {record.id} reverted: {record.subject} → {record.target_new} is undone and the weights "
                 "are back to what they were without it.", assistant.model_info(), log_rows(), "")
 
+    @guarded
     def save_ui(password: str, request: gr.Request, progress=gr.Progress()):
         """Save the edited model as a checkpoint folder loadable with --model PATH (needs the password)."""
         progress(0, desc="writing the checkpoint")
-        try:
-            record = assistant.save_checkpoint(session_of(request), password)
-        except (EditServiceError, PasswordError) as exc:
-            raise fail(exc) from exc
-        except OSError as exc:  # disk full, no permission: the temporary folder was removed
-            log.exception("checkpoint failed")
-            raise gr.Error(f"The checkpoint could not be written: {exc}", print_exception=False) from exc
+        record = assistant.save_checkpoint(session_of(request), password, address=address_of(request))
         return (f"Checkpoint saved with {len(record.edit_ids)} edit(s) in {record.seconds:.1f} s: `{record.path}` "
                 f"(load it with `python app.py --model {record.path}`).", "")
 
+    @guarded
     def list_ui(search: str, status: str):
         """The edit log as rows: id, time, status, subject, prompt, old, new, method, layer, seconds."""
         return log_rows(status or "all", search or "")
 
-    def detail_ui(edit_id: float):
-        """One edit's full log row."""
-        if edit_id in (None, ""):
+    @guarded
+    def detail_ui(edit_id: float, request: gr.Request):
+        """One edit's log row (no session; the question only for the session that asked it)."""
+        edit_id = as_int(edit_id, "edit id")
+        if edit_id is None:
             return None
-        try:
-            return assistant.service.log.get(int(edit_id)).model_dump(mode="json")
-        except KeyError as exc:
-            raise fail(exc) from exc
+        return assistant.edit_detail(session_of(request), edit_id)
 
+    @guarded
     def export_ui(fmt: str):
-        """Export the edit log as CSV or JSON."""
+        """Export the edit log as CSV or JSON (no sessions, no questions)."""
+        if not isinstance(fmt, str) or fmt.lower() not in ("csv", "json"):
+            raise gr.Error("Choose CSV or JSON.", print_exception=False)
         return str(assistant.export(fmt.lower(), assistant.checkpoints_dir.parent / "exports"))
 
+    @guarded
     def trace_ui(prompt: str, subject: str, target: str, samples: float, mark_layer: float | None,
                  progress=gr.Progress()):
         """Causal tracing heatmaps (residual, MLP, attention) of `prompt` with `subject` corrupted."""
-        from agents.assistant import InspectError
-
         def report(kind: str, done: int, total: int):
             progress((done, total), desc=f"restoring {kind} states")
 
-        try:
-            path, summary = assistant.trace(prompt, subject, target or None, int(samples),
-                                            int(mark_layer) if mark_layer not in (None, "") else None, report)
-        except InspectError as exc:
-            raise fail(exc) from exc
+        path, summary = assistant.trace(prompt, subject, target or None, as_int(samples, "number of samples") or 0,
+                                        as_int(mark_layer, "layer"), report)
         return str(path), summary
 
+    @guarded
     def lens_ui(prompt: str, target: str, mark_layer: float | None):
         """Logit lens of `prompt`: top token and P(answer), P(target) per layer, and the automatic layer."""
-        from agents.assistant import InspectError
-
-        try:
-            path, summary = assistant.lens(prompt, target or None,
-                                           int(mark_layer) if mark_layer not in (None, "") else None)
-        except InspectError as exc:
-            raise fail(exc) from exc
+        path, summary = assistant.lens(prompt, target or None, as_int(mark_layer, "layer"))
         return str(path), summary
 
+    @guarded
     def inspect_edit_ui(edit_id: float):
         """Fill the Inspect tab from a logged edit: its prompt, subject, new target and layer."""
-        if edit_id in (None, ""):
+        edit_id = as_int(edit_id, "edit id")
+        if edit_id is None:
             raise gr.Error("Choose an edit id in the log first.")
-        try:
-            record = assistant.service.log.get(int(edit_id))
-        except KeyError as exc:
-            raise fail(exc) from exc
+        record = assistant.service.log.get(edit_id)
         return record.prompt, record.subject, record.target_new, record.layer, gr.Tabs(selected="inspect")
 
     def select_row(evt: gr.SelectData, rows):
@@ -454,11 +501,20 @@ def _cell(text: str) -> str:
 # -- command line -------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str]) -> tuple[str, Settings]:
+COMMANDS = {
+    "run": "run the app (the default)",
+    "set-password": "set the edit password (prompted, not echoed)",
+    "unlock": "forget every failed password attempt (the operator's way in after a lockout)",
+    "add-user": "add or change a login for --auth: app.py add-user NAME (password prompted)",
+}
+
+
+def parse_args(argv: list[str]) -> tuple[str, Settings, list[str]]:
     env = os.environ
-    parser = argparse.ArgumentParser(prog="app.py", description="Amend: correct a local LLM by editing its weights.")
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "set-password"],
-                        help="run the app (default) or set the edit password")
+    parser = argparse.ArgumentParser(prog="app.py", description="Amend: correct a local LLM by editing its weights.",
+                                     epilog="commands: " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+    parser.add_argument("command", nargs="?", default="run", choices=list(COMMANDS), help="what to do (default: run)")
+    parser.add_argument("names", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--model", default=env.get("AMEND_MODEL", "gemma3-270m"),
                         help="built-in alias (gemma3-270m, smollm2), a local folder, or a Hugging Face id")
     parser.add_argument("--device", default=env.get("AMEND_DEVICE", "auto"), choices=["auto", "cpu", "cuda"])
@@ -466,6 +522,8 @@ def parse_args(argv: list[str]) -> tuple[str, Settings]:
                         help="interface to bind; anything but 127.0.0.1 exposes the app to your network")
     parser.add_argument("--port", type=int, default=int(env.get("AMEND_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="create a public Gradio share link (explicit choice)")
+    parser.add_argument("--auth", action="store_true", default=env.get("AMEND_AUTH") == "1",
+                        help="put the whole page behind a login (users from `app.py add-user NAME`)")
     parser.add_argument("--home", type=Path, default=Path(env.get("AMEND_HOME", Path.home() / ".cache" / "amend")),
                         help="data folder: converted models, statistics, edit log, deltas, checkpoints")
     parser.add_argument("--db", type=Path, default=env.get("AMEND_DB"), help="edit log database (SQLite) path")
@@ -477,22 +535,34 @@ def parse_args(argv: list[str]) -> tuple[str, Settings]:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a model's own Python code (only for models you trust)")
     args = parser.parse_args(argv)
+    if args.command == "add-user" and len(args.names) != 1:
+        parser.error("add-user takes one user name: app.py add-user NAME")
+    if args.command != "add-user" and args.names:
+        parser.error(f"unexpected arguments: {' '.join(args.names)}")
     settings = Settings(model=args.model, device=args.device, host=args.host, port=args.port, share=args.share,
                         home=args.home, db=Path(args.db) if args.db else None, replay=args.replay,
-                        intent=args.intent, method=args.method, trust_remote_code=args.trust_remote_code)
-    return args.command, settings
+                        intent=args.intent, method=args.method, trust_remote_code=args.trust_remote_code,
+                        auth=args.auth)
+    return args.command, settings, args.names
+
+
+def _new_password(prompt: str) -> str | None:
+    first = getpass.getpass(f"{prompt}: ")
+    if first != getpass.getpass("Repeat it: "):
+        print("The two passwords differ; nothing was changed.", file=sys.stderr)
+        return None
+    return first
 
 
 def set_password(settings: Settings) -> int:
     from storage.passwords import PasswordError
 
     edit_log, passwords = open_log(settings)
-    first = getpass.getpass("New edit password: ")
-    if first != getpass.getpass("Repeat it: "):
-        print("The two passwords differ; nothing was changed.", file=sys.stderr)
+    password = _new_password("New edit password")
+    if password is None:
         return 1
     try:
-        passwords.set(first)
+        passwords.set(password)
     except PasswordError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -500,13 +570,67 @@ def set_password(settings: Settings) -> int:
     return 0
 
 
+def unlock(settings: Settings) -> int:
+    edit_log, passwords = open_log(settings)
+    passwords.unlock()
+    print(f"Failed password attempts forgotten ({settings.db_path}); edits and logins are open again.")
+    return 0
+
+
+def add_user(settings: Settings, name: str) -> int:
+    from storage.passwords import PasswordError, UserStore
+
+    edit_log, _ = open_log(settings)
+    password = _new_password(f"Password for {name}")
+    if password is None:
+        return 1
+    try:
+        UserStore(edit_log).add(name, password)
+    except PasswordError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"User {name!r} can log in when the app runs with --auth (argon2 hash stored in {settings.db_path}).")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    command, settings = parse_args(sys.argv[1:] if argv is None else argv)
-    if command == "set-password":
-        return set_password(settings)
-    from runtime.loader import ModelLoadError
+    command, settings, names = parse_args(sys.argv[1:] if argv is None else argv)
+    from storage.db import LogUnavailable
 
+    try:
+        if command == "set-password":
+            return set_password(settings)
+        if command == "unlock":
+            return unlock(settings)
+        if command == "add-user":
+            return add_user(settings, names[0])
+        return run(settings)
+    except LogUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(settings: Settings) -> int:
+    from filelock import FileLock, Timeout
+
+    from runtime.loader import ModelLoadError
+    from storage.passwords import UserStore
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    state_lock = FileLock(settings.state_dir / ".app.lock")
+    try:  # two apps on one edit log would each replay and edit the same weights' deltas
+        state_lock.acquire(timeout=0)
+    except Timeout:
+        print(f"error: another Amend is running on {settings.state_dir}; stop it, or use --home / --db", file=sys.stderr)
+        return 2
+    auth = None
+    if settings.auth:
+        users = UserStore(open_log(settings)[0])
+        if not users.any:
+            print("error: --auth needs at least one user: python app.py add-user NAME", file=sys.stderr)
+            return 2
+        auth = users.verify
     try:
         assistant = build_assistant(settings)
     except ModelLoadError as exc:
@@ -519,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
               "`python app.py set-password` or start with AMEND_EDIT_PASSWORD=...", file=sys.stderr)
     demo = build_ui(assistant)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share)
+    demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share, auth=auth,
+                auth_message="Amend: log in with a user from `python app.py add-user`." if auth else None)
     return 0
 
 

@@ -17,7 +17,15 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agents.chat import ChatAgent, GenerationSettings, SessionStore, is_clean_command, language_of
+from agents.chat import (
+    MAX_MESSAGE_CHARS,
+    ChatAgent,
+    GenerationSettings,
+    SessionStore,
+    clean_message,
+    is_clean_command,
+    language_of,
+)
 from agents.intent import IntentAgent
 from agents.proposal import EditProposal
 from agents.service import EditReport, EditService
@@ -28,6 +36,13 @@ log = logging.getLogger(__name__)
 CLEARED_NOTICE = {"en": "Chat history cleared. The next answer comes from the model's weights alone.",
                   "zh": "对话历史已清空。接下来的回答只来自模型权重。"}
 EMPTY_NOTICE = "Type a message first (an empty message is ignored)."
+TOO_LONG_NOTICE = ("Your message has {n:,} characters; at most {limit:,} are read. Shorten it, or send the question "
+                   "on its own.")
+
+
+MAX_TRACE_SAMPLES = 10
+MAX_TRACE_TOKENS = 64
+MAX_LENS_TOKENS = 256
 
 
 class InspectError(ValueError):
@@ -52,19 +67,27 @@ class ChatTurn:
 
 
 class Assistant:
-    def __init__(self, chat: ChatAgent, intent: IntentAgent, service: EditService, checkpoints_dir: Path,
-                 replay_problems: list[str] | None = None) -> None:
+    def __init__(self, chat: ChatAgent, intent: IntentAgent, service: EditService,
+                 replay_problems: list[str] | None = None, sessions: SessionStore | None = None) -> None:
         self.chat, self.intent, self.service = chat, intent, service
-        self.sessions = SessionStore()
-        self.checkpoints_dir = Path(checkpoints_dir)
+        self.sessions = sessions or SessionStore()
         self.replay_problems = replay_problems or []
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.service.checkpoints_dir
 
     # -- chat -----------------------------------------------------------------------------
 
     def chat_stream(self, session: str, message: str, settings: GenerationSettings | None = None) -> Iterator[ChatTurn]:
         """Yield the turn as it grows; the last one carries the proposal, if the message was a correction."""
         state = self.sessions.get(session)
-        if not message or not message.strip():
+        if isinstance(message, str) and len(message) > MAX_MESSAGE_CHARS:
+            notice = TOO_LONG_NOTICE.format(n=len(message), limit=MAX_MESSAGE_CHARS)
+            yield ChatTurn(answer="", notice=notice, history=list(state.history))
+            return
+        message = clean_message(message) if isinstance(message, str) else ""
+        if not message:
             yield ChatTurn(answer="", notice=EMPTY_NOTICE, history=list(state.history))
             return
         if is_clean_command(message):
@@ -114,31 +137,39 @@ class Assistant:
     # -- edits ------------------------------------------------------------------------------
 
     def apply_edit(self, session: str, pid: str, password: str, overrides: dict | None = None,
-                   method: str | None = None, layer: int | None = None, progress=None) -> EditReport:
+                   method: str | None = None, layer: int | None = None, progress=None,
+                   address: str | None = None) -> EditReport:
         return self.service.apply(session, pid, password, overrides=overrides, method=method, layer=layer,
-                                  progress=progress)
+                                  progress=progress, address=address)
 
     def cancel_edit(self, session: str, pid: str) -> None:
         self.service.cancel(session, pid)
 
-    def revert_edit(self, session: str, edit_id: int, password: str) -> EditRecord:
-        return self.service.revert(session, edit_id, password)
+    def revert_edit(self, session: str, edit_id: int, password: str, address: str | None = None) -> EditRecord:
+        return self.service.revert(session, edit_id, password, address)
 
     def list_edits(self, status: str | None = None, search: str | None = None) -> list[EditRecord]:
         return self.service.log.edits(status=status, search=search)
 
-    def save_checkpoint(self, session: str, password: str) -> CheckpointRecord:
-        return self.service.save_checkpoint(session, password, self.checkpoints_dir)
+    def edit_detail(self, session: str, edit_id: int) -> dict:
+        """One edit's row as ``session`` may see it: never a session, the question only to the
+        session that asked it (``EditRecord.public``)."""
+        record = self.service.log.get(edit_id)
+        return record.public(own=record.session == self.service.log.pseudonym(session))
+
+    def save_checkpoint(self, session: str, password: str, address: str | None = None) -> CheckpointRecord:
+        return self.service.save_checkpoint(session, password, address)
 
     def export(self, fmt: str, out_dir: Path) -> Path:
-        rows = [r.model_dump() for r in self.list_edits()]
+        """The log as CSV or JSON, as any session may see it (no sessions, no questions)."""
+        rows = [r.public() for r in self.list_edits()]
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"amend-edits.{fmt}"
         if fmt == "json":
             path.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
         else:
             buffer = io.StringIO()
-            columns = list(EditRecord.model_fields)
+            columns = [c for c in EditRecord.model_fields if c not in ("session", "question")]
             writer = csv.DictWriter(buffer, fieldnames=columns)
             writer.writeheader()
             for row in rows:
@@ -161,10 +192,13 @@ class Assistant:
 
         if not prompt.strip() or not subject.strip() or subject not in prompt:
             raise InspectError("Give a prompt and a subject that occurs in it.")
+        if not 1 <= samples <= MAX_TRACE_SAMPLES:
+            raise InspectError(f"Noise samples must be between 1 and {MAX_TRACE_SAMPLES}.")
+        self._check_length(prompt, MAX_TRACE_TOKENS, "A causal trace")
         loaded = self.service.loaded
         with self.service.lock.read():
             result = causal_trace(loaded.model, loaded.tokenizer, prompt, subject, target or None,
-                                  samples=samples, progress=progress)
+                                  samples=samples, progress=progress, checks=self.service.editor.checks)
         path = self._inspect_path("trace")
         save(plot_trace(result, mark_layer), path)
         effect = result.effect("mlp")
@@ -182,6 +216,7 @@ class Assistant:
 
         if not prompt.strip():
             raise InspectError("Give a prompt.")
+        self._check_length(prompt, MAX_LENS_TOKENS, "The logit lens")
         loaded = self.service.loaded
         with self.service.lock.read():
             result = logit_lens(loaded.model, loaded.tokenizer, prompt, target or None, spec=self.service.editor.spec)
@@ -192,6 +227,12 @@ class Assistant:
                    f"Automatic layer choice (thesis Algorithm 2): **{auto}**; the model's default edit layer is "
                    f"{self.service.editor.default_layer}.")
         return path, summary
+
+    def _check_length(self, prompt: str, limit: int, what: str) -> None:
+        # a trace runs tokens × samples rows per layer: its cost grows with the square of the prompt
+        n = len(self.service.loaded.tokenizer(prompt[: 20 * limit], add_special_tokens=False).input_ids)
+        if n > limit:
+            raise InspectError(f"{what} takes prompts of at most {limit} tokens; this one has more.")
 
     def model_info(self) -> str:
         loaded = self.service.loaded

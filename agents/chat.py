@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -22,12 +25,22 @@ from runtime.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
-CLEAN_COMMAND = "clean"
+CLEAN_COMMANDS = ("clean", "清空")
+MAX_MESSAGE_CHARS = 16_000  # longer than the context of the built-in models (8k tokens) already
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 def is_clean_command(text: str) -> bool:
-    return text.strip().lower() == CLEAN_COMMAND
+    return text.strip().lower() in CLEAN_COMMANDS
+
+
+def clean_message(text: str) -> str:
+    """A message as the model may read it: control characters other than tab and line breaks
+    removed (NUL, escape sequences), unpaired surrogates (not text; the tokenizer refuses them)
+    replaced, surrounding space stripped.  Format characters (zero-width joiners of emoji,
+    right-to-left marks) stay."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return "".join(ch for ch in text if ch in "\t\n\r" or unicodedata.category(ch) != "Cc").strip()
 
 
 def language_of(text: str) -> str:
@@ -45,21 +58,36 @@ class GenerationSettings:
 class ChatSession:
     history: list[Message] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    last_used: float = field(default_factory=time.monotonic)
 
     def clear(self) -> None:
         self.history.clear()
 
 
 class SessionStore:
-    """Server-side chat histories, keyed by the browser session id."""
+    """Server-side chat histories, keyed by the browser session id, bounded: a session idle
+    for ``idle_s`` is forgotten, and beyond ``max_sessions`` the longest idle goes first, so a
+    client that opens session after session cannot grow the server's memory without limit."""
 
-    def __init__(self) -> None:
-        self._sessions: dict[str, ChatSession] = {}
+    def __init__(self, *, max_sessions: int = 1000, idle_s: float = 6 * 3600) -> None:
+        self.max_sessions, self.idle_s = max_sessions, idle_s
+        self._sessions: OrderedDict[str, ChatSession] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     def get(self, session_id: str) -> ChatSession:
+        now = time.monotonic()
         with self._lock:
-            return self._sessions.setdefault(session_id, ChatSession())
+            while self._sessions and now - next(iter(self._sessions.values())).last_used > self.idle_s:
+                self._sessions.popitem(last=False)
+            session = self._sessions.pop(session_id, None) or ChatSession()
+            session.last_used = now
+            self._sessions[session_id] = session
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+            return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
     def stop_all(self) -> None:
         with self._lock:

@@ -89,10 +89,21 @@ class IntentAgent:
 
     def propose(self, message: str, previous_answer: str | None = None,
                 previous_question: str | None = None) -> EditProposal | None:
+        """The edit ``message`` asks for, or None.  ``previous_question`` (the person's message
+        before it) becomes the proposal's question — the chat form the edit is optimised and
+        logged with — only when it asks about the subject: it is the question the correction
+        answered; anything else the person said stays out of the edit and its log row."""
         if not message or not message.strip():
             return None
+        proposal = None
         if self.generate is not None:
             proposal = extract_with_llm(self.generate, message, previous_answer, previous_question)
-            if proposal is not None:
-                return proposal
-        return extract_with_parser(message, previous_answer, previous_question)
+        if proposal is None:
+            proposal = extract_with_parser(message, previous_answer, previous_question)
+        if proposal is not None and proposal.question and not asks_about(proposal.question, proposal.subject):
+            proposal = proposal.model_copy(update={"question": None})
+        return proposal
+
+
+def asks_about(question: str, subject: str) -> bool:
+    return subject.casefold() in question.casefold()

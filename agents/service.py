@@ -22,15 +22,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from agents.chat import ChatAgent, GenerationSettings
+from agents.faults import pause_point
 from agents.locks import RWLock
 from agents.proposal import EditProposal
 from editing.delta import DeltaStack, WeightDelta
 from editing.engine import Editor
 from editing.errors import DeltaMismatch, EditingError
+from editing.fingerprint import weights_checksum
 from editing.probe import greedy_completion, target_logprobs
 from editing.request import EditRequest
-from runtime.loader import LoadedModel, save_checkpoint
-from storage.db import EditLog
+from runtime.loader import LoadedModel, remove_unfinished, save_checkpoint
+from storage.db import EditLog, LogUnavailable
 from storage.passwords import PasswordStore
 from storage.records import CheckpointRecord, EditRecord
 
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int, float | None], None]
 PROPOSAL_TTL_S = 3600
+MAX_PENDING = 1000  # proposals held at once, over all sessions (the oldest go first)
+OVERRIDABLE = ("subject", "prompt", "target_new", "target_old", "question")
+METHODS = ("rome", "ft")
 
 UNRELATED_PROBES = {
     "en": ["The capital of Japan is", "The author of Hamlet is", "Water is made of hydrogen and"],
@@ -88,6 +93,7 @@ class EditService:
         passwords: PasswordStore,
         deltas_dir: Path,
         *,
+        checkpoints_dir: Path | None = None,
         lock: RWLock | None = None,
         chat: ChatAgent | None = None,
         default_method: Literal["rome", "ft"] = "rome",
@@ -95,6 +101,7 @@ class EditService:
     ) -> None:
         self.loaded, self.editor, self.log, self.passwords = loaded, editor, log_db, passwords
         self.deltas_dir = Path(deltas_dir)
+        self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else self.deltas_dir.parent / "checkpoints"
         self.lock = lock or RWLock()
         self.chat = chat or ChatAgent(loaded, self.lock)
         self.stack = DeltaStack(loaded.model)
@@ -113,11 +120,13 @@ class EditService:
         with self._pending_lock:
             for old in [p for p, v in self._pending.items() if now - v.created > PROPOSAL_TTL_S]:
                 self._pending.pop(old, None)
+            while len(self._pending) >= MAX_PENDING:  # insertion order: the oldest first
+                self._pending.pop(next(iter(self._pending)))
             self._pending[pid] = Pending(pid, session, proposal)
         return pid
 
     def pending(self, session: str, pid: str) -> EditProposal:
-        item = self._pending.get(pid)
+        item = self._pending.get(pid) if isinstance(pid, str) else None
         if item is None or item.session != session:
             raise UnknownProposal()
         return item.proposal
@@ -125,7 +134,7 @@ class EditService:
     def _take(self, session: str, pid: str) -> EditProposal:
         """Remove and return a session's proposal: of two Applies with one id, one gets it."""
         with self._pending_lock:
-            item = self._pending.get(pid)
+            item = self._pending.get(pid) if isinstance(pid, str) else None
             if item is None or item.session != session:
                 raise UnknownProposal()
             del self._pending[pid]
@@ -165,50 +174,74 @@ class EditService:
         method: str | None = None,
         layer: int | str | None = None,
         progress: ProgressFn | None = None,
+        address: str | None = None,
     ) -> EditReport:
+        """Check everything that can be checked without changing anything — the proposal id,
+        the password, the fields, the method, the layer — then use the proposal up and edit.
+
+        ``overrides`` are the card's fields: a field given as None keeps the proposal's value,
+        a field given empty is refused (a cleared field is not "keep what was there")."""
         proposal = self.pending(session, pid)  # an unknown id is refused before the password is tried
-        self.passwords.check(password, session, "apply_edit")  # raises; nothing changes
-        fields = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
-        allowed = {"subject", "prompt", "target_new", "target_old", "question"}
-        unknown = set(fields) - allowed
+        self.passwords.check(password, session, "apply_edit", address)  # raises; nothing changes
+        request, proposal = self._validated(proposal, overrides or {})
+        method = method or self.default_method
+        if method not in METHODS:
+            raise EditServiceError(f"Unknown method {method!r}; choose {' or '.join(METHODS)}.")
+        try:
+            with self.lock.read():  # "auto" reads the logit lens of the prompt
+                layer = self.editor.resolve_layer(layer, request)
+        except (EditingError, ValueError) as exc:
+            raise EditServiceError(f"The edit is not valid: {_short(exc)}") from exc
+        self._take(session, pid)  # one-time from here on: of two Applies with this id, one goes ahead
+        with self._edit_mutex:
+            return self._apply(session, proposal, request, method, layer, progress)
+
+    def _validated(self, proposal: EditProposal, overrides: dict[str, Any]) -> tuple[EditRequest, EditProposal]:
+        unknown = set(overrides) - set(OVERRIDABLE)
         if unknown:
             raise EditServiceError(f"cannot override {', '.join(sorted(unknown))}")
+        fields = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise EditServiceError(f"The {_FIELD_NAMES[key]} must be text.")
+            if not value.strip() and key in ("subject", "prompt", "target_new"):
+                raise EditServiceError(f"The {_FIELD_NAMES[key]} is empty; fill it in (or cancel the proposal).")
+            fields[key] = value.strip() or None
         try:
-            proposal = proposal.model_copy(update=fields)
-            proposal = EditProposal.model_validate(proposal.model_dump())
+            proposal = EditProposal.model_validate({**proposal.model_dump(), **fields})
             request = EditRequest(prompt=proposal.prompt, subject=proposal.subject, target_new=proposal.target_new,
                                   target_true=proposal.target_old, question=proposal.question)
             request.check_lengths(self.loaded.tokenizer)
         except (ValidationError, EditingError, ValueError) as exc:
             raise EditServiceError(f"The edit is not valid: {_short(exc)}") from exc
-        method = method or self.default_method
-        if method not in ("rome", "ft"):
-            raise EditServiceError(f"unknown method {method!r}; choose rome or ft")
-        self._take(session, pid)  # one-time from here on: of two Applies with this id, one goes ahead
-        with self._edit_mutex:
-            return self._apply(session, proposal, request, method, layer, progress)
+        return request, proposal
 
-    def _apply(self, session: str, proposal: EditProposal, request: EditRequest, method: str,
-               layer: int | str | None, progress: ProgressFn | None) -> EditReport:
+    def _apply(self, session: str, proposal: EditProposal, request: EditRequest, method: str, layer: int,
+               progress: ProgressFn | None) -> EditReport:
         start = time.perf_counter()
         report = progress or (lambda *a: None)
         report("checking the model's current answer", 0, 1, None)
         before = self.probe(request, proposal.target_old)
-        layer = self.editor.resolve_layer(layer, request)
-        record = self.log.add_pending(
-            session=session, subject=request.subject, prompt=request.text, question=request.question,
-            target_old=proposal.target_old, target_new=request.target_new, method=method, layer=layer,
-            model_fingerprint=self.editor.fingerprint, model_name=self.loaded.name, before=before.model_dump(),
-        )
+        try:
+            record = self.log.add_pending(
+                session=session, subject=request.subject, prompt=request.text, question=request.question,
+                target_old=proposal.target_old, target_new=request.target_new, method=method, layer=layer,
+                model_fingerprint=self.editor.fingerprint, model_name=self.loaded.name, before=before.model_dump(),
+            )
+        except LogUnavailable as exc:
+            raise EditServiceError(f"The edit was not made: {exc}.") from exc
         delta: WeightDelta | None = None
         applied = False
         try:
             with self.lock.read():  # computing only reads the weights; chat may continue
                 outcome = self.editor.compute(request, method, layer, self.hparams.get(method), progress=progress)
             delta = outcome.delta
+            pause_point("edit:computed", self._weights_info)
             report("writing weights", 1, 1, None)
             path = self.deltas_dir / f"edit-{record.id:05d}-{delta.id}.safetensors"
-            digest = delta.save(path)
+            digest = delta.save(path, before_rename=lambda: pause_point("edit:delta-writing", self._weights_info))
             with self.editor.changing_weights(), self.lock.write():  # no generation runs while weights change
                 self.stack.apply(delta)
                 applied = True
@@ -223,14 +256,30 @@ class EditService:
             if applied and delta is not None:
                 with self.editor.changing_weights(), self.lock.write():
                     self.stack.revert(delta.id)
-            self.log.transition(record.id, "failed", error=_short(exc))
+            self._remove_delta_files(record.id)
+            try:
+                self.log.transition(record.id, "failed", error=_short(exc))
+            except LogUnavailable:  # still pending: the next start marks it failed
+                log.exception("edit %d could not be marked failed", record.id)
             if isinstance(exc, EditingError):
                 raise EditServiceError(f"The edit failed and nothing was changed: {_short(exc)}") from exc
+            if isinstance(exc, LogUnavailable):
+                raise EditServiceError(f"The edit was undone and nothing was changed: {exc}.") from exc
+            if isinstance(exc, OSError):  # disk full, no permission: the delta or its row could not be saved
+                raise EditServiceError(f"The edit could not be saved ({exc.strerror or exc}); "
+                                       "nothing was changed.") from exc
             raise
         return EditReport(edit=record, before=before, after=after, seconds=seconds, layer=layer, method=method)
 
-    def revert(self, session: str, edit_id: int, password: str) -> EditRecord:
-        self.passwords.check(password, session, "revert_edit")
+    def _weights_info(self) -> dict:
+        return {"weights": weights_checksum(self.loaded.model)}
+
+    def _remove_delta_files(self, edit_id: int) -> None:
+        for path in self.deltas_dir.glob(f"edit-{edit_id:05d}-*"):
+            path.unlink(missing_ok=True)
+
+    def revert(self, session: str, edit_id: int, password: str, address: str | None = None) -> EditRecord:
+        self.passwords.check(password, session, "revert_edit", address)
         with self._edit_mutex:
             try:
                 record = self.log.get(edit_id)
@@ -253,16 +302,23 @@ class EditService:
     # -- persistence ------------------------------------------------------------------------
 
     def replay(self) -> list[str]:
-        """Re-apply the log's applied edits (after a restart); returns problems found.
+        """Start-up recovery: finish what a crash interrupted, then re-apply the log's applied
+        edits; returns the problems found.
 
         A row still ``pending`` is an edit that a crash interrupted before it was logged as
-        applied: its weights were lost with the process, so it becomes ``failed``."""
+        applied: its weights were lost with the process, so it becomes ``failed``.  Files that
+        no applied or reverted edit names — a delta's temporary file, a delta saved for an edit
+        that never got logged as applied — and half-written checkpoint folders are deleted, so
+        nothing half-made is ever used or listed."""
         problems = []
-        for record in self.log.edits(status="pending"):
+        for record in self.log.edits(status="pending", limit=1_000_000):
             self.log.transition(record.id, "failed", error="interrupted: the app stopped before this edit finished")
             problems.append(f"edit {record.id} ({record.subject} → {record.target_new}) was interrupted by a "
                             "stop of the app and is marked failed")
             log.warning(problems[-1])
+        self._remove_unlisted_files()
+        for folder in remove_unfinished(self.checkpoints_dir):
+            log.warning("removed %s, a checkpoint a stop of the app left unfinished", folder)
         for record in self.log.applied():
             try:
                 if record.model_fingerprint and record.model_fingerprint != self.editor.fingerprint:
@@ -277,10 +333,27 @@ class EditService:
                 log.warning(problems[-1])
         return problems
 
-    def save_checkpoint(self, session: str, password: str, root: Path) -> CheckpointRecord:
-        self.passwords.check(password, session, "save_checkpoint")
+    def _remove_unlisted_files(self) -> None:
+        if not self.deltas_dir.exists():
+            return
+        listed = {Path(r.delta_path).name for status in ("applied", "reverted")
+                  for r in self.log.edits(status=status, limit=1_000_000) if r.delta_path}
+        for path in self.deltas_dir.iterdir():
+            name = path.name.removesuffix(".json")
+            if path.is_file() and name not in listed:
+                log.warning("removing %s: no applied or reverted edit names it (left by a stop of the app)", path)
+                path.unlink(missing_ok=True)
+
+    def save_checkpoint(self, session: str, password: str, address: str | None = None) -> CheckpointRecord:
+        self.passwords.check(password, session, "save_checkpoint", address)
         with self._edit_mutex:  # the manifest lists exactly the edits in the saved weights
-            return self._save_checkpoint(Path(root))
+            try:
+                return self._save_checkpoint(self.checkpoints_dir)
+            except OSError as exc:  # disk full, no permission: the temporary folder is gone
+                raise EditServiceError(f"The checkpoint could not be written ({exc.strerror or exc}); "
+                                       "nothing was saved.") from exc
+            except LogUnavailable as exc:
+                raise EditServiceError(f"The checkpoint was written but could not be logged: {exc}.") from exc
 
     def _save_checkpoint(self, root: Path) -> CheckpointRecord:
         start = time.perf_counter()
@@ -296,12 +369,17 @@ class EditService:
                        "method": r.method, "layer": r.layer, "delta_sha256": r.delta_sha256} for r in applied],
         }
         with self.lock.read():
-            save_checkpoint(self.loaded, out, manifest)
+            save_checkpoint(self.loaded, out, manifest,
+                            before_rename=lambda: pause_point("checkpoint:writing", self._weights_info))
         return self.log.add_checkpoint(str(out), [r.id for r in applied], round(time.perf_counter() - start, 2))
 
     @property
     def n_applied(self) -> int:
         return len(self.stack)
+
+
+_FIELD_NAMES = {"subject": "subject", "prompt": "prompt", "target_new": "new answer", "target_old": "current answer",
+                "question": "question"}
 
 
 def _short(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,19 +60,35 @@ class WeightDelta:
 
     # -- files ---------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> str:
+    def save(self, path: str | Path, *, before_rename: Callable[[], None] | None = None) -> str:
         """Write ``path`` (safetensors) and ``path.json`` (metadata); returns the file's sha256.
 
-        Both are written to temporary files and renamed, so a crash leaves either the old
-        files or the new ones, never half of one.
-        """
+        Both are written to temporary files (``.<name>.*`` beside them) and renamed, the
+        metadata first, so a crash leaves either no delta file or a whole one, never half of
+        one.  ``before_rename`` runs when the delta's temporary file is written (crash tests
+        pause there)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
         header = {"id": self.id, "param": self.param, "kind": self.kind, "transposed": str(self.transposed)}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
-        digest = sha256_file(path)
-        sidecar = {
+        fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, staged, metadata=header)
+            digest = sha256_file(staged)
+            text = json.dumps(self._sidecar(digest), indent=2, ensure_ascii=False, default=str)
+            _atomic_write(Path(f"{path}.json"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+            _fsync(staged)
+            if before_rename is not None:
+                before_rename()
+            os.replace(staged, path)
+        except BaseException:
+            Path(staged).unlink(missing_ok=True)
+            raise
+        return digest
+
+    def _sidecar(self, digest: str) -> dict[str, Any]:
+        return {
             "id": self.id,
             "param": self.param,
             "kind": self.kind,
@@ -82,9 +99,6 @@ class WeightDelta:
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "meta": self.meta,
         }
-        text = json.dumps(sidecar, indent=2, ensure_ascii=False, default=str)
-        _atomic_write(Path(f"{path}.json"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        return digest
 
     @classmethod
     def load(cls, path: str | Path, expected_sha256: str | None = None) -> WeightDelta:
@@ -118,13 +132,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _fsync(path: str | Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

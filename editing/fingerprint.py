@@ -25,3 +25,14 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(str(tuple(param.shape)).encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def weights_checksum(model: nn.Module) -> str:
+    """sha256 over every parameter's exact bytes: equal iff the weights are bit-identical
+    (crash tests compare a restarted model's replayed weights with the ones before the kill)."""
+    h = hashlib.sha256()
+    for name, param in model.named_parameters():
+        h.update(name.encode())
+        h.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

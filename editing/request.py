@@ -62,14 +62,20 @@ class EditRequest(BaseModel):
 
     @property
     def template(self) -> str:
-        """The prompt with ``{}`` at the (first) subject position."""
+        """The prompt with ``{}`` at the (first) subject position; any other brace is the
+        prompt's own text (doubled, so that ``template.format(subject)`` gives ``text``)."""
         if "{}" in self.prompt:
-            return self.prompt
-        return self.prompt.replace(self.subject, "{}", 1)
+            before, _, after = self.prompt.partition("{}")
+        else:
+            before, _, after = self.prompt.partition(self.subject)
+        return _literal(before) + "{}" + _literal(after)
 
     @property
     def text(self) -> str:
-        return self.template.format(self.subject)
+        """The prompt as the model reads it: the subject in its place, every other character as typed."""
+        if "{}" in self.prompt:
+            return self.prompt.replace("{}", self.subject, 1)
+        return self.prompt
 
     @property
     def language(self) -> str:
@@ -86,6 +92,10 @@ class EditRequest(BaseModel):
         n_prompt = len(tokenizer(self.text, add_special_tokens=False).input_ids)
         if n_prompt > MAX_PROMPT_TOKENS:
             raise PromptTooLong(n_prompt, MAX_PROMPT_TOKENS)
+
+
+def _literal(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def continuation(prompt: str, target: str) -> str:

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -47,10 +48,6 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float
     eos_token_ids: list[int] = field(default_factory=list)
-
-    def describe(self) -> str:
-        dtype = str(self.dtype).removeprefix("torch.")
-        return f"{self.profile.display_name} · {self.device.type} · {dtype}"
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -219,19 +216,51 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, profile
     return sorted(ids)
 
 
-def save_checkpoint(loaded: LoadedModel, out: Path, manifest: dict) -> Path:
-    """Write the (edited) model as a folder loadable with ``--model PATH``; atomic via rename."""
+UNFINISHED_PREFIX = ".partial-"
+
+
+def save_checkpoint(loaded: LoadedModel, out: Path, manifest: dict,
+                    before_rename: Callable[[], None] | None = None) -> Path:
+    """Write the (edited) model as a folder loadable with ``--model PATH``; atomic via rename.
+
+    It is written into ``.partial-<pid>-<name>-*`` beside ``out`` first (``remove_unfinished``
+    deletes such folders whose process is gone); ``before_rename`` runs once it is whole."""
     import json
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{UNFINISHED_PREFIX}{os.getpid()}-{out.name}-", dir=out.parent))
     try:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         (tmp / "amend_checkpoint.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def remove_unfinished(root: Path) -> list[Path]:
+    """Delete checkpoint folders that a killed process left half-written under ``root``
+    (``.partial-<pid>-…`` of a pid that no longer runs); returns what was removed."""
+    removed = []
+    for folder in Path(root).glob(f"{UNFINISHED_PREFIX}*"):
+        pid = folder.name.removeprefix(UNFINISHED_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and _running(int(pid)) and int(pid) != os.getpid():
+            continue  # another process is writing it right now
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -7,7 +7,10 @@ All writes go through one connection under one lock, each in one transaction.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -25,6 +28,11 @@ JSON_COLUMNS = ("hparams", "before", "after")
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class LogUnavailable(RuntimeError):
+    """The edit log cannot be read or written (locked by another program, read-only, disk
+    full); the message says which and that nothing was changed."""
 
 
 class InvalidTransition(ValueError):
@@ -67,24 +75,50 @@ def _m002_edit_model_name(db: sqlite_utils.Database) -> None:
     db["edits"].add_column("model_name", str)
 
 
+SESSION_SECRET_KEY = "session_secret"
+
+
+def _tag(secret: str, session: str) -> str:
+    return "s-" + hmac.new(secret.encode(), session.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def _m003_private_sessions_and_users(db: sqlite_utils.Database) -> None:
+    """Sessions are stored as keyed pseudonyms, never as the browser's session id (which would
+    let whoever reads a row take over that browser's chat); login users for ``--auth``; the
+    client address of password attempts (their lockout is per address)."""
+    secret = secrets.token_hex(32)
+    db["settings"].upsert({"key": SESSION_SECRET_KEY, "value": secret}, pk="key")
+    for table in ("edits", "auth_attempts"):
+        for row in list(db[table].rows):
+            if row["session"] and not row["session"].startswith("s-"):
+                db[table].update(row["id"], {"session": _tag(secret, row["session"])})
+    db["auth_attempts"].add_column("address", str)
+    db["users"].create({"name": str, "hash": str, "created_at": str}, pk="name")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_edit_model_name", _m002_edit_model_name),
+    ("003_private_sessions_and_users", _m003_private_sessions_and_users),
 ]
 
 
 class EditLog:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, timeout_s: float = 30) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self.db = sqlite_utils.Database(conn)
-        if str(path) != ":memory:":
-            self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous=FULL")
         self._lock = threading.RLock()
-        self.migrate()
+        try:
+            conn = sqlite3.connect(str(path), check_same_thread=False, timeout=timeout_s)
+            self.db = sqlite_utils.Database(conn)
+            if str(path) != ":memory:":
+                self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.migrate()
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"the edit log {self.path} cannot be opened: {exc}") from exc
+        self._secret = self.setting(SESSION_SECRET_KEY)
 
     # -- infrastructure -------------------------------------------------------------------
 
@@ -92,13 +126,28 @@ class EditLog:
     def transaction(self) -> Iterator[sqlite_utils.Database]:
         with self._lock:
             conn = self.db.conn
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:  # locked by another program past the timeout, read-only
+                raise LogUnavailable(f"the edit log {self.path} cannot be written ({exc}); nothing was changed") from exc
             try:
                 yield self.db
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise LogUnavailable(f"the edit log {self.path} cannot be written ({exc}); nothing was changed") from exc
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise LogUnavailable(f"the edit log {self.path} cannot be written ({exc}); nothing was changed") from exc
+
+    def pseudonym(self, session: str) -> str:
+        """What the log stores for a browser session: a keyed hash (the key is this database's
+        own), the same for every row of that session, useless as a session id."""
+        return _tag(self._secret, session)
 
     def migrate(self) -> list[str]:
         """Apply the migrations this database has not seen; returns their names."""
@@ -122,7 +171,9 @@ class EditLog:
     # -- edits ----------------------------------------------------------------------------
 
     def add_pending(self, **fields: Any) -> EditRecord:
+        """A new ``pending`` row; ``session`` is stored as its pseudonym."""
         row = {"created_at": now(), "status": "pending", **fields}
+        row["session"] = self.pseudonym(row["session"])
         for key in JSON_COLUMNS:
             if key in row:
                 row[key] = json.dumps(row[key], ensure_ascii=False, default=str)
@@ -173,23 +224,42 @@ class EditLog:
 
     # -- auth -----------------------------------------------------------------------------
 
-    def record_auth(self, session: str, action: str, success: bool) -> None:
+    def record_auth(self, session: str, action: str, success: bool, address: str | None = None) -> None:
         with self.transaction() as db:
-            db["auth_attempts"].insert({"at": now(), "session": session, "action": action, "success": int(success)})
+            db["auth_attempts"].insert({"at": now(), "session": self.pseudonym(session), "action": action,
+                                        "success": int(success), "address": address})
 
-    def failures_since(self, session: str | None, since: str) -> int:
-        """Wrong passwords since ``since``, in ``session`` or (None) in all sessions; attempts
-        refused by a limit unchecked (action ``…:locked``) are not counted."""
+    def failures_since(self, since: str, *, session: str | None = None, address: str | None = None) -> int:
+        """Wrong passwords since ``since``: in ``session``, from ``address``, or (neither) in all;
+        attempts refused by a limit unchecked (action ``…:locked``) are not counted."""
         query = "SELECT count(*) FROM auth_attempts WHERE success = 0 AND at >= ? AND action NOT LIKE '%:locked'"
         args: list = [since]
         if session is not None:
             query += " AND session = ?"
-            args.append(session)
+            args.append(self.pseudonym(session))
+        if address is not None:
+            query += " AND address = ?"
+            args.append(address)
         return self.db.execute(query, args).fetchone()[0]
 
     def auth_attempts(self, limit: int = 100) -> list[AuthAttempt]:
         rows = self.db["auth_attempts"].rows_where(order_by="id desc", limit=limit)
         return [AuthAttempt(**{**r, "success": bool(r["success"])}) for r in rows]
+
+    # -- login users (``--auth``) ----------------------------------------------------------------
+
+    def set_user(self, name: str, password_hash: str) -> None:
+        with self.transaction() as db:
+            db["users"].upsert({"name": name, "hash": password_hash, "created_at": now()}, pk="name")
+
+    def user_hash(self, name: str) -> str | None:
+        try:
+            return self.db["users"].get(name)["hash"]
+        except sqlite_utils.db.NotFoundError:
+            return None
+
+    def users(self) -> list[str]:
+        return [r["name"] for r in self.db["users"].rows_where(order_by="name")]
 
     # -- settings and checkpoints -----------------------------------------------------------
 
@@ -210,12 +280,6 @@ class EditLog:
             ).last_pk
         row = self.db["checkpoints"].get(pk)
         return CheckpointRecord(**{**row, "edit_ids": json.loads(row["edit_ids"])})
-
-    def checkpoints(self) -> list[CheckpointRecord]:
-        return [
-            CheckpointRecord(**{**r, "edit_ids": json.loads(r["edit_ids"])})
-            for r in self.db["checkpoints"].rows_where(order_by="id desc")
-        ]
 
     def close(self) -> None:
         self.db.conn.close()

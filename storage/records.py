@@ -10,6 +10,9 @@ EditStatus = Literal["pending", "applied", "failed", "reverted"]
 
 
 class EditRecord(BaseModel):
+    """One row of the edit log.  ``session`` is the editing browser session's pseudonym (never
+    its id); ``question`` is the person's own chat message, so ``public()`` leaves both out."""
+
     model_config = ConfigDict(extra="ignore")
 
     id: int
@@ -36,12 +39,19 @@ class EditRecord(BaseModel):
     reverted_at: str | None = None
 
 
+    def public(self, *, own: bool = False) -> dict[str, Any]:
+        """The row as any session may see it: no session pseudonym, and the question only for
+        the session that asked it (``own``)."""
+        return self.model_dump(exclude={"session"} if own else {"session", "question"})
+
+
 class AuthAttempt(BaseModel):
     id: int
     at: str
     session: str
     action: str
     success: bool
+    address: str | None = None
 
 
 class CheckpointRecord(BaseModel):

@@ -103,7 +103,7 @@ def test_failure_after_pending_restores_weights(assistant, smollm2, monkeypatch)
 
     monkeypatch.setattr(assistant.service.log, "transition", failing_transition)
     pid = assistant.service.register("s", PROPOSAL.model_copy(update={"target_new": "Berlin"}))
-    with pytest.raises(OSError):
+    with pytest.raises(EditServiceError, match="disk full"):
         assistant.apply_edit("s", pid, PASSWORD)
     assert checksum(smollm2.model) == original, "a delta that cannot be logged is rolled back"
     [row] = assistant.list_edits()

@@ -106,17 +106,66 @@ def test_password_hash_only_and_limits(tmp_path):
     assert sum(not a.success for a in attempts if a.action == "apply_edit") == 3
 
 
-def test_new_sessions_do_not_reset_the_limit(tmp_path):
+def test_new_sessions_do_not_reset_the_limit_and_strangers_cannot_lock_the_operator_out(tmp_path):
     """A session id is the client's choice: guessing from a fresh session each time still hits
-    the limit over all sessions, and then even the right password is refused everywhere."""
-    store = PasswordStore(EditLog(tmp_path / "a.sqlite"), max_failures=3, max_failures_all=4)
+    the limit of that client's address.  The operator, from another address, still gets in;
+    ``unlock`` (``python app.py unlock``) clears the counts."""
+    store = PasswordStore(EditLog(tmp_path / "a.sqlite"), max_failures=3, max_failures_per_address=4,
+                          slow_after=2, slow_spacing_s=0.01)
     store.set("hunter22")
     for i in range(3):
         with pytest.raises(WrongPassword):
-            store.check("guess", f"attacker-{i}", "revert_edit")
-    with pytest.raises(TooManyAttempts, match="all sessions"):
-        store.check("guess", "attacker-3", "revert_edit")
-    with pytest.raises(TooManyAttempts, match="all sessions") as refused:
-        store.check("hunter22", "owner", "apply_edit")
-    assert refused.value.everyone
-    assert store.log.failures_since(None, "2000-01-01T00:00:00Z") == 4
+            store.check("guess", f"attacker-{i}", "revert_edit", address="10.0.0.9")
+    with pytest.raises(TooManyAttempts, match="network address") as refused:
+        store.check("guess", "attacker-3", "revert_edit", address="10.0.0.9")
+    assert refused.value.scope == "address"
+    with pytest.raises(TooManyAttempts, match="network address"):  # the right password too, from there
+        store.check("hunter22", "attacker-4", "apply_edit", address="10.0.0.9")
+    store.check("hunter22", "owner", "apply_edit", address="127.0.0.1")  # past the global slow-down
+    assert store.log.failures_since("2000-01-01T00:00:00Z") == 4
+    store.unlock()
+    store.check("hunter22", "attacker-5", "apply_edit", address="10.0.0.9")
+    reopened = PasswordStore(EditLog(tmp_path / "a.sqlite"), max_failures=3, max_failures_per_address=4)
+    assert reopened.log.failures_since(reopened._since()) == 0  # the unlock survives a restart
+
+
+def test_sessions_are_stored_as_pseudonyms(tmp_path):
+    """What the log keeps of a browser session cannot be used as one (its id would hand over
+    that browser's chat history); the same session always maps to the same pseudonym."""
+    log = EditLog(tmp_path / "a.sqlite")
+    edit = log.add_pending(session="victim-session-hash", subject="Eiffel Tower", prompt="The Eiffel Tower is in",
+                           target_new="Rome", method="rome")
+    log.record_auth("victim-session-hash", "apply_edit", False)
+    raw = log.db.execute("SELECT session FROM edits UNION SELECT session FROM auth_attempts").fetchall()
+    assert raw == [(edit.session,)] and "victim" not in edit.session
+    assert edit.session == EditLog(tmp_path / "a.sqlite").pseudonym("victim-session-hash")
+    assert EditLog(tmp_path / "b.sqlite").pseudonym("victim-session-hash") != edit.session  # keyed per log
+    assert "session" not in edit.public() and "question" not in edit.public()
+
+
+def test_login_users(tmp_path):
+    from storage.passwords import UserStore
+
+    users = UserStore(EditLog(tmp_path / "a.sqlite"))
+    assert not users.any
+    users.add("ada", "lovelace")
+    assert users.any and users.verify("ada", "lovelace")
+    assert not users.verify("ada", "wrong") and not users.verify("bob", "lovelace")
+    assert "lovelace" not in str(users.log.db.execute("SELECT * FROM users").fetchall())
+
+
+def test_a_locked_or_read_only_log_is_a_clear_error(tmp_path):
+    from storage.db import LogUnavailable
+
+    path = tmp_path / "a.sqlite"
+    log = EditLog(path, timeout_s=0.2)
+    blocker = sqlite3.connect(path)
+    blocker.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+    with pytest.raises(LogUnavailable, match="locked"):
+        new_edit(log)
+    blocker.rollback()
+    log.db.execute("PRAGMA query_only = ON")  # what a read-only file does to every write
+    with pytest.raises(LogUnavailable, match="readonly|read-only|query"):
+        new_edit(log)
+    log.db.execute("PRAGMA query_only = OFF")
+    assert log.edits() == []

@@ -30,8 +30,9 @@ def make_assistant(loaded: LoadedModel, tmp_path: Path, *, password: str | None 
     passwords = PasswordStore(log)
     if password and not passwords.is_set:
         passwords.set(password)
-    service = EditService(loaded, editor, log, passwords, tmp_path / "deltas", lock=lock, chat=chat, hparams=hparams)
-    return Assistant(chat, IntentAgent(), service, tmp_path / "checkpoints")
+    service = EditService(loaded, editor, log, passwords, tmp_path / "deltas", checkpoints_dir=tmp_path / "checkpoints",
+                          lock=lock, chat=chat, hparams=hparams)
+    return Assistant(chat, IntentAgent(), service)
 
 
 def free_port() -> int:
