@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 CLEAN_COMMANDS = ("clean", "清空")
 MAX_MESSAGE_CHARS = 16_000  # longer than the context of the built-in models (8k tokens) already
 _CJK = re.compile(r"[\u3400-\u9fff]")
+_ANSI = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")  # terminal escape sequences (CSI and 2-character)
 
 
 def is_clean_command(text: str) -> bool:
@@ -35,11 +36,11 @@ def is_clean_command(text: str) -> bool:
 
 
 def clean_message(text: str) -> str:
-    """A message as the model may read it: control characters other than tab and line breaks
-    removed (NUL, escape sequences), unpaired surrogates (not text; the tokenizer refuses them)
+    """A message as the model may read it: terminal escape sequences and control characters
+    other than tab and line breaks removed (NUL, bell), unpaired surrogates (not text; the tokenizer refuses them)
     replaced, surrounding space stripped.  Format characters (zero-width joiners of emoji,
     right-to-left marks) stay."""
-    text = text.encode("utf-8", "replace").decode("utf-8")
+    text = _ANSI.sub("", text.encode("utf-8", "replace").decode("utf-8"))
     return "".join(ch for ch in text if ch in "\t\n\r" or unicodedata.category(ch) != "Cc").strip()
 
 

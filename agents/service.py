@@ -29,6 +29,7 @@ from editing.delta import DeltaStack, WeightDelta
 from editing.engine import Editor
 from editing.errors import DeltaMismatch, EditingError
 from editing.fingerprint import weights_checksum
+from editing.hparams import hparams_for
 from editing.probe import greedy_completion, target_logprobs
 from editing.request import EditRequest
 from runtime.loader import LoadedModel, remove_unfinished, save_checkpoint
@@ -106,6 +107,8 @@ class EditService:
         self.chat = chat or ChatAgent(loaded, self.lock)
         self.stack = DeltaStack(loaded.model)
         self.default_method = default_method
+        for method, overrides in (hparams or {}).items():  # a bad setting fails at start, not at an edit
+            hparams_for(method, overrides)
         self.hparams = hparams or {}
         self._pending: dict[str, Pending] = {}
         self._pending_lock = threading.Lock()  # sessions register and use proposals from many threads
@@ -182,7 +185,7 @@ class EditService:
         ``overrides`` are the card's fields: a field given as None keeps the proposal's value,
         a field given empty is refused (a cleared field is not "keep what was there")."""
         proposal = self.pending(session, pid)  # an unknown id is refused before the password is tried
-        self.passwords.check(password, session, "apply_edit", address)  # raises; nothing changes
+        self._check_password(password, session, "apply_edit", address)  # raises; nothing changes
         request, proposal = self._validated(proposal, overrides or {})
         method = method or self.default_method
         if method not in METHODS:
@@ -195,6 +198,14 @@ class EditService:
         self._take(session, pid)  # one-time from here on: of two Applies with this id, one goes ahead
         with self._edit_mutex:
             return self._apply(session, proposal, request, method, layer, progress)
+
+    def _check_password(self, password: str, session: str, action: str, address: str | None) -> None:
+        if not isinstance(password, str):
+            password = ""
+        try:
+            self.passwords.check(password, session, action, address)
+        except LogUnavailable as exc:  # the attempt cannot be recorded, so it is not made
+            raise EditServiceError(f"Nothing was changed: {exc}.") from exc
 
     def _validated(self, proposal: EditProposal, overrides: dict[str, Any]) -> tuple[EditRequest, EditProposal]:
         unknown = set(overrides) - set(OVERRIDABLE)
@@ -279,7 +290,7 @@ class EditService:
             path.unlink(missing_ok=True)
 
     def revert(self, session: str, edit_id: int, password: str, address: str | None = None) -> EditRecord:
-        self.passwords.check(password, session, "revert_edit", address)
+        self._check_password(password, session, "revert_edit", address)
         with self._edit_mutex:
             try:
                 record = self.log.get(edit_id)
@@ -345,7 +356,7 @@ class EditService:
                 path.unlink(missing_ok=True)
 
     def save_checkpoint(self, session: str, password: str, address: str | None = None) -> CheckpointRecord:
-        self.passwords.check(password, session, "save_checkpoint", address)
+        self._check_password(password, session, "save_checkpoint", address)
         with self._edit_mutex:  # the manifest lists exactly the edits in the saved weights
             try:
                 return self._save_checkpoint(self.checkpoints_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -17,34 +17,41 @@ class _Strict(BaseModel):
 
 class ROMEHyperParams(_Strict):
     # -- k*: the key, averaged over the bare prompt and prefixes sampled from the model
-    n_prefixes: int = 10  # ROME: 10 prefixes of ~5 and ~10 tokens
-    prefix_lengths: tuple[int, ...] = (5, 10)
+    n_prefixes: int = Field(10, ge=0, le=100)  # ROME: 10 prefixes of ~5 and ~10 tokens
+    prefix_lengths: tuple[int, ...] = Field((5, 10), min_length=1)
     # -- v*: the value, found by gradient descent on δ added to the MLP output
     # Adam moves each coordinate by ~lr per step.  1.0 needs ~25% fewer steps than 0.5 (ROME's
     # GPT-J setting) to reach stop_loss, with the same metrics on 30 counterfact-dev cases per
     # built-in model (paired differences within ±0.02; README, "Edit speed").
-    v_lr: float = 1.0
-    v_steps: int = 25
-    v_weight_decay: float = 1e-3  # on ‖δ‖² / ‖v‖²
-    clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ factor · ‖v‖
+    v_lr: float = Field(1.0, gt=0)
+    v_steps: int = Field(25, ge=1, le=1000)
+    v_weight_decay: float = Field(1e-3, ge=0)  # on ‖δ‖² / ‖v‖²
+    clamp_norm_factor: float = Field(4.0, gt=0)  # ‖δ‖ ≤ factor · ‖v‖
     # KL(edited ‖ original) of the next-token distribution after the essence prompt "{} is a",
     # as the paper words it; ROME's code reads that distribution at the subject's last token instead
-    kl_factor: float = 0.0625
-    stop_loss: float = 5e-2  # early stop once the mean NLL of the target is below this
+    kl_factor: float = Field(0.0625, ge=0)
+    stop_loss: float = Field(5e-2, ge=0)  # early stop once the mean NLL of the target is below this
     # Same-subject locality (thesis §5): KL on the subject's other relations; 0 disables.
-    locality_kl_factor: float = 0.0
+    locality_kl_factor: float = Field(0.0, ge=0)
     # Optimise through the chat template too (question -> answer prefix -> target).
     chat_template: bool = True
     # -- the rank-one update
     covariance: bool = True  # False: C = I (what EasyEdit ships for Llama)
     # tokens of corpus text behind C (the paper: 100k Wikipedia samples; sampling them from
     # the model on a 2-core CPU runs at ~200 tokens/s, so the offline default is smaller)
-    mom2_n_tokens: int = 20_000
+    mom2_n_tokens: int = Field(20_000, ge=1)
     # "r-rome" (Gupta et al. 2024): one key k* everywhere; "original": the numerator's key
     # is the bare prompt's while the denominator's is the averaged one (collapses when sequential).
     update_rule: Literal["r-rome", "original"] = "r-rome"
     # run each step only from the subject's last token on (prefix in a KV cache); False: whole rows
     fast_upper_layers: bool = True
+
+    @field_validator("prefix_lengths")
+    @classmethod
+    def _positive(cls, lengths: tuple[int, ...]) -> tuple[int, ...]:
+        if any(n < 1 or n > 100 for n in lengths):
+            raise ValueError("prefix lengths must be 1 to 100 tokens")
+        return lengths
 
 
 class FTHyperParams(_Strict):
@@ -62,8 +69,8 @@ class FTHyperParams(_Strict):
     # and turns late when a gradient changes sign; without it the median edit on smollm2 needs
     # 5.5 steps instead of 10 (10 counterfact-dev cases, README, "Edits").
     adam_betas: tuple[float, float] = (0.0, 0.9)
-    steps: int = 40
-    stop_loss: float = 5e-2
+    steps: int = Field(40, ge=1, le=1000)
+    stop_loss: float = Field(5e-2, ge=0)
     # also stop once every target token is the argmax on every training prompt (ε rarely
     # lets the NLL reach stop_loss on the built-in models)
     stop_when_predicted: bool = True
@@ -79,7 +86,14 @@ class FTHyperParams(_Strict):
     # transcript, but chat success fell by 0.12 ± 0.09 (100 counterfact-dev cases, paired): part
     # of what makes FT's edit show in a chat answer acts through the preamble.  Off by default.
     hold_chat_preamble: bool = False
-    n_prefixes: int = 0  # FT-L trains on the bare prompt (and its chat form)
+    n_prefixes: int = Field(0, ge=0, le=100)  # FT-L trains on the bare prompt (and its chat form)
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError("Adam's betas must each be in [0, 1)")
+        return betas
 
 
 HPARAMS = {"rome": ROMEHyperParams, "ft": FTHyperParams}

@@ -87,6 +87,8 @@ class EditRequest(BaseModel):
 
     def check_lengths(self, tokenizer: PreTrainedTokenizerBase) -> None:
         n_target = len(tokenizer(self.target_text(), add_special_tokens=False).input_ids)
+        if n_target == 0:  # characters the tokenizer drops
+            raise EmptyTarget()
         if n_target > MAX_TARGET_TOKENS:
             raise TargetTooLong(n_target, MAX_TARGET_TOKENS)
         n_prompt = len(tokenizer(self.text, add_special_tokens=False).input_ids)
