@@ -280,6 +280,8 @@ class EditService:
                 raise EditServiceError(f"The edit could not be saved ({exc.strerror or exc}); "
                                        "nothing was changed.") from exc
             raise
+        log.info("edit %d applied: %s -> %s (%s, layer %d, %.1f s)", record.id, record.subject, record.target_new,
+                 method, layer, seconds)
         return EditReport(edit=record, before=before, after=after, seconds=seconds, layer=layer, method=method)
 
     def _weights_info(self) -> dict:

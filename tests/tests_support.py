@@ -44,14 +44,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def served_app(assistant: Assistant) -> Iterator[str]:
+def served_app(assistant: Assistant, *, auth: Callable[[str, str], bool] | None = None,
+               concurrency: int | None = None) -> Iterator[str]:
     """The Gradio app on a free local port; yields its URL, closes it and reverts every edit."""
     import app
 
     demo = app.build_ui(assistant)
-    demo.queue()
+    demo.queue(default_concurrency_limit=concurrency) if concurrency else demo.queue()
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, auth=auth)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
