@@ -87,18 +87,19 @@ def build_assistant(settings: Settings):
     service = EditService(loaded, editor, edit_log, passwords, settings.state_dir / "deltas",
                           checkpoints_dir=settings.home / "checkpoints", lock=lock, chat=chat,
                           default_method=settings.method)
-    _precompute_statistics(editor)
+    background = [_precompute_statistics(editor)]
     problems = service.replay() if settings.replay else []
-    _sample_contexts(editor)
+    background.append(_sample_contexts(editor))
     use_llm = settings.intent == "llm" or (settings.intent == "auto" and settings.model not in BUILTIN_PROFILES)
     generate = None
     if use_llm:
         def generate(prompt: str) -> str:
             return chat.complete(prompt, GenerationSettings(max_new_tokens=96))
-    return Assistant(chat, IntentAgent(generate), service, problems)
+    return Assistant(chat, IntentAgent(generate), service, problems,
+                     background=[t for t in background if t is not None])
 
 
-def _precompute_statistics(editor) -> None:
+def _precompute_statistics(editor):
     """Compute the default layer's key statistics in the background on a first run (≈2–5
     minutes on a CPU), so the first edit does not wait for them; later runs read the cache."""
     import threading
@@ -107,7 +108,7 @@ def _precompute_statistics(editor) -> None:
 
     n_tokens = ROMEHyperParams().mom2_n_tokens
     if editor.covariance.path(editor.default_layer, editor.corpus, n_tokens).exists():
-        return
+        return None
 
     def work() -> None:
         # No model lock: holding the read lock this long would stall chat behind a waiting
@@ -121,10 +122,12 @@ def _precompute_statistics(editor) -> None:
             log.exception("background statistics failed")
 
     log.info("computing key statistics for layer %d in the background (first run only)", editor.default_layer)
-    threading.Thread(target=work, name="statistics", daemon=True).start()
+    thread = threading.Thread(target=work, name="statistics", daemon=True)
+    thread.start()
+    return thread
 
 
-def _sample_contexts(editor) -> None:
+def _sample_contexts(editor):
     """Sample ROME's context prefixes (English and Chinese) in the background at start-up
     (2–5 s each on a CPU), so the first edit does not wait for them; they are kept for the
     session.  Started after the replay of logged edits, and without the model lock, like the
@@ -143,7 +146,9 @@ def _sample_contexts(editor) -> None:
         except Exception:  # noqa: BLE001 - the first edit samples (and reports) them instead
             log.exception("sampling context prefixes failed")
 
-    threading.Thread(target=work, name="contexts", daemon=True).start()
+    thread = threading.Thread(target=work, name="contexts", daemon=True)
+    thread.start()
+    return thread
 
 
 # -- the page -----------------------------------------------------------------------------------

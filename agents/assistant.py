@@ -68,10 +68,12 @@ class ChatTurn:
 
 class Assistant:
     def __init__(self, chat: ChatAgent, intent: IntentAgent, service: EditService,
-                 replay_problems: list[str] | None = None, sessions: SessionStore | None = None) -> None:
+                 replay_problems: list[str] | None = None, sessions: SessionStore | None = None,
+                 background: list[threading.Thread] = ()) -> None:
         self.chat, self.intent, self.service = chat, intent, service
         self.sessions = sessions or SessionStore()
         self.replay_problems = replay_problems or []
+        self.background = list(background)  # start-up work (statistics, context prefixes) still running
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -121,6 +123,13 @@ class Assistant:
         self.sessions.stop_all()
         with self.service.lock.write():
             pass
+
+    def close(self) -> None:
+        """Stop every generation and wait for the start-up work: a thread still inside the model
+        when the interpreter exits aborts the process."""
+        self.stop_all()
+        for thread in self.background:
+            thread.join()
 
     def clean(self, session: str) -> str:
         self.sessions.get(session).clear()

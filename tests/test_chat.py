@@ -79,3 +79,23 @@ def test_assistant_clean_and_empty(smollm2, tmp_path):
     turns = list(assistant.chat_stream("s", " Clean "))
     assert turns[-1].history == [] and assistant.history("s") == []
     assert "cleared" in turns[-1].notice
+
+
+def test_sessions_are_bounded_by_count_and_idle_time(monkeypatch):
+    """A client opening session after session cannot grow the server's memory: beyond the cap the
+    longest-idle session goes, and an idle one is forgotten after the stated time."""
+    import agents.chat
+    from agents.chat import SessionStore
+
+    clock = [1000.0]
+    monkeypatch.setattr(agents.chat.time, "monotonic", lambda: clock[0])
+    store = SessionStore(max_sessions=3, idle_s=60)
+    store.get("owner").history.append({"role": "user", "content": "keep me"})
+    for i in range(100):
+        clock[0] += 0.1
+        store.get(f"flood-{i}")
+        store.get("owner")  # in use, so never the longest idle
+    assert len(store) == 3 and store.get("owner").history
+    clock[0] += 61
+    store.get("newcomer")
+    assert len(store) == 1 and not store.get("owner").history  # the idle owner was forgotten
