@@ -187,3 +187,14 @@ def test_login_with_auth(smollm2, tmp_path):
         assert last_answer(client.predict("What is the capital of France?", api_name="/chat"))
     logins = [a.success for a in assistant.service.log.auth_attempts() if a.action == "login"]  # newest first
     assert logins[0] is True and False in logins
+
+
+def test_an_unexpected_error_reaches_the_client_as_a_sentence(served, monkeypatch):
+    assistant, client = served
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(assistant, "list_edits", broken)
+    with pytest.raises(Exception, match=r"Something went wrong \(RuntimeError: the disk went away\)"):
+        client.predict("", "all", api_name="/list_edits")
