@@ -172,14 +172,17 @@ def build_ui(assistant):
 
     meant_for_people = (EditServiceError, PasswordError, InspectError, KeyError)
 
-    def unexpected(fn, exc: Exception):
+    def for_people(fn, exc: Exception) -> Exception:
+        """The error a person reads: the service's own messages as they are, anything unexpected
+        as its type and text (the traceback goes to the log)."""
+        if isinstance(exc, meant_for_people):
+            return fail(exc)
         log.exception("%s failed", fn.__name__)
         return gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}); nothing was changed. "
                         "The server log has the details.", print_exception=False)
 
     def guarded(fn):
-        """Every handler's errors reach the person as a sentence: the service's own messages as
-        they are, anything unexpected as its type and text (the traceback goes to the log)."""
+        """Every handler's errors reach the person as a sentence (``for_people``)."""
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def stream(*args, **kwargs):
@@ -187,10 +190,8 @@ def build_ui(assistant):
                     yield from fn(*args, **kwargs)
                 except gr.Error:
                     raise
-                except meant_for_people as exc:
-                    raise fail(exc) from exc
                 except Exception as exc:
-                    raise unexpected(fn, exc) from exc
+                    raise for_people(fn, exc) from exc
             return stream
 
         @functools.wraps(fn)
@@ -199,10 +200,8 @@ def build_ui(assistant):
                 return fn(*args, **kwargs)
             except gr.Error:
                 raise
-            except meant_for_people as exc:
-                raise fail(exc) from exc
             except Exception as exc:
-                raise unexpected(fn, exc) from exc
+                raise for_people(fn, exc) from exc
         return call
 
     def session_of(request: gr.Request | None) -> str:
@@ -627,7 +626,8 @@ def run(settings: Settings) -> int:
     try:  # two apps on one edit log would each replay and edit the same weights' deltas
         state_lock.acquire(timeout=0)
     except Timeout:
-        print(f"error: another Amend is running on {settings.state_dir}; stop it, or use --home / --db", file=sys.stderr)
+        print(f"error: another Amend is running on {settings.state_dir}; stop it, or give this one its own --home",
+              file=sys.stderr)
         return 2
     auth = None
     if settings.auth:
