@@ -81,8 +81,7 @@ def build_assistant(settings: Settings):
                         home=settings.home)
     lock = RWLock()
     chat = ChatAgent(loaded, lock)
-    editor = Editor(loaded.model, loaded.tokenizer, stats_dir=settings.home / "stats",
-                    default_layer=loaded.profile.default_edit_layer, chat_prompt=chat.prompt_text)
+    editor = Editor.for_model(loaded, home=settings.home)
     edit_log, passwords = open_log(settings)
     service = EditService(loaded, editor, edit_log, passwords, settings.state_dir / "deltas",
                           checkpoints_dir=settings.home / "checkpoints", lock=lock, chat=chat,
@@ -491,7 +490,9 @@ def render_report(result) -> str:
     rows += [(f"Unrelated: {p}", b.unrelated[p], a.unrelated.get(p, "")) for p in b.unrelated]
     table = "\n".join(f"| {k} | {_cell(x)} | {_cell(y)} |" for k, x, y in rows)
     e = result.edit
-    zh = any("\u4e00" <= ch <= "\u9fff" for ch in e.prompt)
+    from runtime.language import language_of
+
+    zh = language_of(e.prompt) == "zh"
     headline = "修改成功！是否保存修改？" if zh else "Edit applied. Keep it, revert it, or save a checkpoint?"
     return (f"### {headline}\nEdit **#{e.id}**: {e.subject} — “{e.prompt}” → **{e.target_new}** "
             f"({result.method.upper()}, layer {result.layer}, {result.seconds:.1f} s)\n\n"

@@ -18,16 +18,18 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-import prompts
 from agents.locks import RWLock
-from runtime.chat_format import Message, StopOnEvent, render_chat, strip_stop
+from runtime.chat_format import Message, StopOnEvent
+from runtime.conversation import Conversation, GenerationSettings
+from runtime.language import language_of
 from runtime.loader import LoadedModel
+
+__all__ = ["ChatAgent", "GenerationSettings", "SessionStore", "clean_message", "is_clean_command", "language_of"]
 
 log = logging.getLogger(__name__)
 
 CLEAN_COMMANDS = ("clean", "清空")
 MAX_MESSAGE_CHARS = 16_000  # longer than the context of the built-in models (8k tokens) already
-_CJK = re.compile(r"[\u3400-\u9fff]")
 _ANSI = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")  # terminal escape sequences (CSI and 2-character)
 
 
@@ -42,17 +44,6 @@ def clean_message(text: str) -> str:
     right-to-left marks) stay."""
     text = _ANSI.sub("", text.encode("utf-8", "replace").decode("utf-8"))
     return "".join(ch for ch in text if ch in "\t\n\r" or unicodedata.category(ch) != "Cc").strip()
-
-
-def language_of(text: str) -> str:
-    return "zh" if _CJK.search(text) else "en"
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy, reproducible
-    timeout_s: float = 120.0  # longest wait for the next token before giving up
 
 
 @dataclass
@@ -104,38 +95,31 @@ class PreparedPrompt:
 
 
 class ChatAgent:
+    """Sessions' answers, streamed: the conversation's history fitted to the context, the
+    product's prompt and settings (``runtime.conversation.Conversation``), under the read lock."""
+
     def __init__(self, loaded: LoadedModel, lock: RWLock | None = None) -> None:
         self.loaded = loaded
         self.lock = lock or RWLock()
+        self.conversation = Conversation(loaded)
 
     @property
     def context_length(self) -> int:
         config = self.loaded.model.config
         return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048))
 
-    def _encode(self, text: str) -> list[int]:
-        # The rendered text already carries BOS / special tokens where the format wants them;
-        # the few-shot transcript of a base model needs the tokenizer's BOS.
-        add = self.loaded.profile.chat_format == "fewshot"
-        return self.loaded.tokenizer(text, add_special_tokens=add).input_ids
-
-    def system_message(self, text: str) -> Message:
-        return {"role": "system", "content": prompts.load(f"system_{language_of(text)}")}
-
     def prompt_text(self, question: str) -> str:
         """The exact text a fresh conversation sends for ``question`` (the editing engine
         optimises edits through it, so corrected facts show up in chat answers)."""
-        return render_chat([self.system_message(question), {"role": "user", "content": question}],
-                           self.loaded.tokenizer, self.loaded.profile)
+        return self.conversation.prompt_text(question)
 
     def prepare(self, history: list[Message], message: str, max_new_tokens: int) -> PreparedPrompt:
         """Render the prompt, keeping the newest turns that fit the context window."""
         budget = self.context_length - max_new_tokens
-        system = self.system_message(message)
         turns = [*history, {"role": "user", "content": message}]
         dropped = 0
         while True:
-            ids = self._encode(render_chat([system, *turns], self.loaded.tokenizer, self.loaded.profile))
+            ids = self.conversation.encode(self.conversation.render(turns))
             if len(ids) <= budget or len(turns) == 1:
                 break
             turns = turns[2:] if len(turns) > 2 else turns[1:]
@@ -147,7 +131,7 @@ class ChatAgent:
             msg_ids = tok(message, add_special_tokens=False).input_ids
             overflow = len(ids) - budget
             message = tok.decode(msg_ids[overflow + 8:])
-            ids = self._encode(render_chat([system, {"role": "user", "content": message}], tok, self.loaded.profile))
+            ids = self.conversation.encode(self.conversation.render([{"role": "user", "content": message}]))
             truncated = True
         return PreparedPrompt(torch.tensor([ids], device=self.loaded.device), dropped, truncated)
 
@@ -168,20 +152,9 @@ class ChatAgent:
         # streamer already decodes; the consumer below then sets `halt`.  Decoding again inside
         # a stopping criterion cost 26% of gemma3-270m's speed (bench/chat_speed.py).
         halt = threading.Event()
-        criteria = [StopOnEvent(stop_event), StopOnEvent(halt)]
-        kwargs = dict(
-            input_ids=prepared.input_ids,
-            attention_mask=torch.ones_like(prepared.input_ids),
-            max_new_tokens=settings.max_new_tokens,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList(criteria),
-            eos_token_id=self.loaded.eos_token_ids or None,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else self.loaded.eos_token_ids[0],
-        )
-        if settings.temperature > 0:
-            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=0.95)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = self.conversation.generate_kwargs(prepared.input_ids, settings)
+        kwargs.update(streamer=streamer, stopping_criteria=StoppingCriteriaList([StopOnEvent(stop_event),
+                                                                                 StopOnEvent(halt)]))
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -200,14 +173,14 @@ class ChatAgent:
             notes.append("(Your message was longer than the model's context and was shortened.)")
         for piece in streamer:
             text += piece
-            shown = strip_stop(text, self.loaded.profile)
+            shown = self.conversation.finish(text)
             if len(shown) < len(text.strip()):
                 halt.set()
             yield shown
         worker.join()
         if errors:
             raise errors[0]
-        final = strip_stop(text, self.loaded.profile)
+        final = self.conversation.finish(text)
         if notes:
             final = final + "\n\n" + " ".join(notes)
         yield final
@@ -215,18 +188,13 @@ class ChatAgent:
     def complete(self, prompt: str, settings: GenerationSettings | None = None) -> str:
         """Greedy raw completion of ``prompt`` (the intent agent's LLM extractor)."""
         settings = settings or GenerationSettings()
-        tok = self.loaded.tokenizer
-        ids = torch.tensor([self._encode(prompt)], device=self.loaded.device)
+        ids = torch.tensor([self.conversation.encode(prompt)], device=self.loaded.device)
+        kwargs = self.conversation.generate_kwargs(ids, GenerationSettings(max_new_tokens=settings.max_new_tokens))
         with self.lock.read(), torch.inference_mode():
-            out = self.loaded.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=settings.max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None,
-                eos_token_id=self.loaded.eos_token_ids or None,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else self.loaded.eos_token_ids[0],
-            )
-        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            out = self.loaded.model.generate(**kwargs)
+        return self.loaded.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
     def answer(self, history: list[Message], message: str, settings: GenerationSettings | None = None) -> str:
-        """The whole answer at once (tests, the evaluation's chat-level success)."""
+        """The whole answer at once (the edit card's probes)."""
         *_, final = self.stream(history, message, settings)
         return final

@@ -18,22 +18,16 @@ from pydantic import ValidationError
 import prompts
 from agents.intent_parser import parse_correction
 from agents.proposal import EditProposal
+from runtime.language import language_of
 
 log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[str], str]  # prompt text -> model continuation
 _JSON = re.compile(r"\{.*?\}", re.DOTALL)
-_CJK = re.compile(r"[\u3400-\u9fff]")
-
-
-def _language(text: str) -> str:
-    return "zh" if _CJK.search(text) else "en"
-
-
 def extract_with_llm(generate: GenerateFn, message: str, previous_answer: str | None,
                      question: str | None = None, retries: int = 1) -> EditProposal | None:
     """Ask the model for JSON; None when it says "no correction" or fails validation twice."""
-    lang = _language(message)
+    lang = language_of(message)
     prompt = prompts.render(f"intent_{lang}", answer=previous_answer or "", message=message)
     for attempt in range(retries + 1):
         text = generate(prompt if attempt == 0 else prompt + " {")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from runtime.language import language_of
+
 # -- English -------------------------------------------------------------------------------
 
 _EN_LEAD = re.compile(
@@ -98,10 +100,6 @@ class ParsedFact:
 
 def _clean(value: str) -> str:
     return value.strip(_TRAIL)
-
-
-def _is_cjk(text: str) -> bool:
-    return bool(re.search(r"[\u3400-\u9fff]", text))
 
 
 # -- English parsing ---------------------------------------------------------------------------
@@ -233,7 +231,7 @@ def _first_statement(answer: str) -> ParsedFact | None:
     # the model's answer: its first sentence, whitespace collapsed, at most a correction's length
     sentence = re.split(r"(?<=[.!。！]) ?", " ".join(answer[: 4 * MAX_CORRECTION_CHARS].split()))[0]
     sentence = sentence[:MAX_CORRECTION_CHARS]
-    if _is_cjk(sentence):
+    if language_of(sentence) == "zh":
         found = _zh_statement(sentence)
         return ParsedFact(*found, None, "zh") if found else None
     sentence = re.split(r",", sentence)[0]
@@ -315,6 +313,6 @@ def parse_unbounded(message: str, previous_answer: str | None = None) -> ParsedF
     ``bench/parser_speed.py`` times it on long adversarial messages)."""
     if not message or not message.strip():
         return None
-    if _is_cjk(message):
+    if language_of(message) == "zh":
         return parse_chinese(message, previous_answer)
     return parse_english(message, previous_answer)

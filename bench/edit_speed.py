@@ -28,15 +28,12 @@ def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
     from editing.data import load_cases
     from editing.delta import DeltaStack
     from editing.engine import Editor
-    from runtime.chat_format import question_prompt
-    from runtime.loader import amend_home, load_model
+    from runtime.loader import load_model
 
     loaded = load_model(alias, device="cpu")
     # --fresh-stats: an empty statistics folder, so the corpus is sampled and C computed anew
-    stats_dir = Path(tempfile.mkdtemp(prefix="amend-stats-")) if fresh_stats else amend_home() / "stats"
-    editor = Editor(loaded.model, loaded.tokenizer, stats_dir=stats_dir,
-                    default_layer=loaded.profile.default_edit_layer,
-                    chat_prompt=lambda q: question_prompt(q, loaded.tokenizer, loaded.profile))
+    home = Path(tempfile.mkdtemp(prefix="amend-stats-")) if fresh_stats else None
+    editor = Editor.for_model(loaded, home=home)
     start = time.perf_counter()
     editor.statistics(editor.default_layer, 20_000)
     stats_s = time.perf_counter() - start
@@ -63,7 +60,7 @@ def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
     if fresh_stats:
         import shutil
 
-        shutil.rmtree(stats_dir, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
     return result
 
 

@@ -19,16 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def _load(args):
     from editing.covariance import Corpus
     from editing.engine import Editor
-    from runtime.chat_format import question_prompt
-    from runtime.loader import amend_home, load_model
+    from runtime.loader import load_model
 
     loaded = load_model(args.model, device=args.device)
-    editor = Editor(
-        loaded.model, loaded.tokenizer, stats_dir=amend_home() / "stats", corpus=Corpus(args.corpus),
-        default_layer=loaded.profile.default_edit_layer,
-        chat_prompt=lambda q: question_prompt(q, loaded.tokenizer, loaded.profile),
-    )
-    return loaded, editor
+    return loaded, Editor.for_model(loaded, corpus=Corpus(args.corpus))
 
 
 def _bar(desc: str):
@@ -97,6 +91,15 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def _layer(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a layer is a number or auto, not {value!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m editing", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--model", default="smollm2")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-        p.add_argument("--layer", type=int, default=None)
+        p.add_argument("--layer", type=_layer, default=None, help="a layer index, or auto (the logit lens)")
         p.add_argument("--corpus", default="self", help="statistics corpus: self, a .txt file or folder, hf:<name>")
     edit = sub.choices["edit"]
     edit.add_argument("--prompt", required=True)
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return cmd_edit(args) if args.command == "edit" else cmd_stats(args)
-    except EditingError as exc:
+    except (EditingError, ValueError) as exc:  # a bad request, layer or --set value
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -35,6 +35,8 @@ from editing.request import EditRequest
 from editing.rome import ChatPromptFn, ProgressFn, compute_rome_delta
 from editing.spec import n_layers, spec_for
 from editing.suffix import PrefixCache
+from runtime.conversation import Conversation
+from runtime.loader import LoadedModel, amend_home
 
 Method = Literal["rome", "ft"]
 
@@ -79,6 +81,16 @@ class Editor:
         self._sampling = threading.Lock()
         self.prefix_cache = PrefixCache()  # the prompts' prefix keys/values, shared by edits
         self.checks = PassChecks()  # which shortcuts this model's passes allow, learnt once
+
+    @classmethod
+    def for_model(cls, loaded: LoadedModel, *, home: Path | None = None, corpus: Corpus | None = None) -> Editor:
+        """The one wiring of an editor for a loaded model, used by the app, both command lines,
+        the evaluation, every benchmark and the tests: edits are optimised through the chat
+        prompt the product sends (``runtime.conversation``: system prompt, template or few-shot
+        adapter), at the profile's default layer, with key statistics under ``home/stats``."""
+        return cls(loaded.model, loaded.tokenizer, stats_dir=(home or amend_home()) / "stats", corpus=corpus,
+                   default_layer=loaded.profile.default_edit_layer,
+                   chat_prompt=Conversation(loaded).prompt_text)
 
     @property
     def default_layer(self) -> int:

@@ -58,14 +58,13 @@ def run(args, loaded=None) -> Path:
     from editing.engine import Editor
     from editing.hparams import cli_overrides, hparams_for
     from editing.metrics import case_metrics, chat_success, probe_case
-    from runtime.chat_format import question_prompt, strip_stop
-    from runtime.loader import amend_home, load_model
+    from runtime.conversation import Conversation
+    from runtime.loader import load_model
 
     loaded = loaded or load_model(args.model, device=args.device)
-    model, tok, profile = loaded.model, loaded.tokenizer, loaded.profile
-    chat_prompt = (lambda q: question_prompt(q, tok, profile))
-    editor = Editor(model, tok, stats_dir=amend_home() / "stats", corpus=Corpus(args.corpus),
-                    default_layer=profile.default_edit_layer, chat_prompt=chat_prompt)
+    model, tok = loaded.model, loaded.tokenizer
+    editor = Editor.for_model(loaded, corpus=Corpus(args.corpus))
+    conversation = Conversation(loaded)  # chat answers as the product gives them
     cases = _editable(load_cases(args.data, args.file), tok, args.n)
     overrides = cli_overrides(args.method, args.set, args.no_covariance)
     hparams = hparams_for(args.method, overrides)  # fails here, before any work, on an unknown key
@@ -92,7 +91,6 @@ def run(args, loaded=None) -> Path:
         done = set()
     layer = None if args.layer in (None, "default") else args.layer
     stack = DeltaStack(model)
-    strip = (lambda text: strip_stop(text, profile))
     applied: list = []
     curve = []
     shard, shards = getattr(args, "shard", None) or (0, 1)
@@ -108,7 +106,7 @@ def run(args, loaded=None) -> Path:
         _wait_while_paused(out.parent)
         case_start = time.perf_counter()
         before = probe_case(model, tok, case)
-        chat_before = chat_success(model, tok, case, chat_prompt, strip) if not args.no_chat else None
+        chat_before = chat_success(case, conversation) if not args.no_chat else None
         fluent = args.fluency and bool(case.generation_prompts)
         fluency_before = _fluency(model, tok, case.generation_prompts) if fluent else None
         start = time.perf_counter()
@@ -118,7 +116,7 @@ def run(args, loaded=None) -> Path:
         after = probe_case(model, tok, case)
         metrics = case_metrics(before, after)
         metrics_before = case_metrics(before, before)
-        metrics["chat_success"] = chat_success(model, tok, case, chat_prompt, strip) if not args.no_chat else None
+        metrics["chat_success"] = chat_success(case, conversation) if not args.no_chat else None
         metrics_before["chat_success"] = chat_before
         if fluent:
             metrics["fluency"] = _fluency(model, tok, case.generation_prompts)

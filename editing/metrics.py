@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
 
 import numpy as np
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.data import EditCase
-from editing.probe import TargetScore, greedy_completions, target_logprobs
+from editing.probe import TargetScore, target_logprobs
+from runtime.conversation import Conversation
 
 
 def token_accuracy(score: TargetScore) -> float:
@@ -63,21 +63,15 @@ def probe_case(model: nn.Module, tokenizer: PreTrainedTokenizerBase, case: EditC
     return out
 
 
-def chat_success(model: nn.Module, tokenizer: PreTrainedTokenizerBase, case: EditCase,
-                 chat_prompt: Callable[[str], str] | None, strip: Callable[[str], str]) -> float | None:
-    """Share of the case's questions whose greedy chat answer contains the new target."""
-    if chat_prompt is None or not case.questions:
+def chat_success(case: EditCase, conversation: Conversation) -> float | None:
+    """Share of the case's questions whose chat answer names the new target: the answer a fresh
+    conversation in the product gets (its system prompt, template or few-shot adapter and
+    default settings: greedy, up to 128 new tokens), ended early once it names the target."""
+    if not case.questions:
         return None
     target = case.request.target_new.lower()
-
-    def verdict(answer: str) -> bool:  # the answer up to a stop string names the target
-        return target in strip(answer).lower()
-
-    def settled(answer: str) -> bool:  # nothing generated later can change the verdict
-        return verdict(answer) or strip(answer) != answer.strip()
-
-    answers = greedy_completions(model, tokenizer, [chat_prompt(q) for q in case.questions], 24, done=settled)
-    return float(np.mean([verdict(a) for a in answers]))
+    answers = [conversation.answer(q, done=lambda shown: target in shown.lower()) for q in case.questions]
+    return float(np.mean([target in a.lower() for a in answers]))
 
 
 def case_metrics(before: dict[str, list[TargetScore]], after: dict[str, list[TargetScore]]) -> dict[str, float]:

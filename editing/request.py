@@ -6,23 +6,16 @@ space, how long prompt and target may be.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from transformers import PreTrainedTokenizerBase
 
 from editing.errors import EmptyTarget, PromptTooLong, SubjectNotInPrompt, TargetTooLong
+from runtime.language import Language, is_cjk, language_of
 
 MAX_TARGET_TOKENS = 32
 MAX_PROMPT_TOKENS = 256
-_CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
-
-
-def is_cjk(text: str) -> bool:
-    return bool(_CJK.search(text))
-
-
 class EditRequest(BaseModel):
     """``prompt`` holds ``{}`` for the subject, or contains the subject verbatim.
 
@@ -78,8 +71,8 @@ class EditRequest(BaseModel):
         return self.prompt
 
     @property
-    def language(self) -> str:
-        return "zh" if is_cjk(self.text + self.target_new) else "en"
+    def language(self) -> Language:
+        return language_of(self.text + self.target_new)
 
     def target_text(self, target: str | None = None) -> str:
         """The target as it follows the prompt: " Rome" after English text, "医学" after Chinese."""

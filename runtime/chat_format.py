@@ -17,35 +17,18 @@ from runtime.profiles import ModelProfile
 Message = dict[str, str]  # {"role": "user"|"assistant"|"system", "content": str}
 
 
-def render_chat(
-    messages: Sequence[Message],
-    tokenizer: PreTrainedTokenizerBase,
-    profile: ModelProfile,
-    *,
-    assistant_prefix: str = "",
-) -> str:
-    """The text the model continues to answer the last user message.
-
-    ``assistant_prefix`` is text the assistant's answer starts with (used by the editing
-    engine to optimise "question -> answer prefix -> new target").
-    """
+def render_chat(messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, profile: ModelProfile) -> str:
+    """The text the model continues to answer the last user message (``runtime.conversation``
+    puts the product's system prompt first)."""
     if profile.chat_format == "template":
-        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return text + assistant_prefix
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     lines = [prompts.load("fewshot")]
     for message in messages:
         if message["role"] == "system":
             continue  # the few-shot header plays the system prompt's part
         speaker = "User" if message["role"] == "user" else "Assistant"
         lines.append(f"{speaker}: {message['content'].strip()}")
-    return "\n\n".join(lines) + "\nAssistant:" + (" " + assistant_prefix if assistant_prefix else "")
-
-
-def question_prompt(question: str, tokenizer: PreTrainedTokenizerBase, profile: ModelProfile,
-                    assistant_prefix: str = "") -> str:
-    """A one-turn chat prompt: what a fresh conversation sends for ``question``."""
-    return render_chat([{"role": "user", "content": question}], tokenizer, profile,
-                       assistant_prefix=assistant_prefix)
+    return "\n\n".join(lines) + "\nAssistant:"
 
 
 def strip_stop(text: str, profile: ModelProfile) -> str:

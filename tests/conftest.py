@@ -1,7 +1,8 @@
 """Shared fixtures: tiny random models for mechanics, the built-in models for behaviour.
 
-The built-in models are converted once into ``$AMEND_HOME`` (default ~/.cache/amend) and
-reused across runs; everything a test writes goes to a temporary folder.
+The built-in models are converted once into ``$AMEND_HOME`` (default ~/.cache/amend), and their
+key statistics computed once there, like the app does, and reused across runs (set AMEND_HOME
+for another folder); everything else a test writes goes to a temporary folder.
 """
 
 from __future__ import annotations
@@ -71,10 +72,7 @@ EIFFEL = dict(prompt="The Eiffel Tower is located in the city of", subject="Eiff
 
 
 @pytest.fixture(scope="session")
-def smol_editor(smollm2, stats_dir):
-    from agents.chat import ChatAgent
+def smol_editor(smollm2):
     from editing.engine import Editor
 
-    chat = ChatAgent(smollm2)
-    return Editor(smollm2.model, smollm2.tokenizer, stats_dir=stats_dir,
-                  default_layer=smollm2.profile.default_edit_layer, chat_prompt=chat.prompt_text)
+    return Editor.for_model(smollm2)

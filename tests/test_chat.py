@@ -99,3 +99,19 @@ def test_sessions_are_bounded_by_count_and_idle_time(monkeypatch):
     clock[0] += 61
     store.get("newcomer")
     assert len(store) == 1 and not store.get("owner").history  # the idle owner was forgotten
+
+
+@pytest.mark.parametrize("which", ["smollm2", "gemma"])
+def test_the_measured_answer_is_the_product_answer(which, request):
+    """The evaluation's chat-level metric asks ``Conversation.answer``; the chat agent streams
+    through the same prompt and settings: the two answers are byte-identical, and the editor
+    optimises edits through that same prompt (``Editor.for_model``)."""
+    from editing.engine import Editor
+    from runtime.conversation import Conversation
+
+    loaded = request.getfixturevalue(which)
+    agent, conversation = ChatAgent(loaded), Conversation(loaded)
+    for question in ("Where is the Eiffel Tower?", "日本的首都是哪里？"):
+        assert conversation.answer(question) == agent.answer([], question)
+        assert Editor.for_model(loaded).chat_prompt(question) == agent.prompt_text(question)
+    assert conversation.answer("Who wrote Hamlet?", done=lambda shown: "Shakespeare" in shown)

@@ -49,8 +49,7 @@ def test_rome_edit_on_gemma(gemma, stats_dir):
     from editing.engine import Editor
 
     chat = ChatAgent(gemma)
-    editor = Editor(gemma.model, gemma.tokenizer, stats_dir=stats_dir, default_layer=gemma.profile.default_edit_layer,
-                    chat_prompt=chat.prompt_text)
+    editor = Editor.for_model(gemma)
     stack = DeltaStack(gemma.model)
     model, tok = gemma.model, gemma.tokenizer
     # the base model continues "The capital of France is" with " the capital of…": check that the

@@ -13,7 +13,7 @@ from agents.intent import IntentAgent
 from agents.locks import RWLock
 from agents.service import EditService
 from editing.engine import Editor
-from runtime.loader import LoadedModel, amend_home
+from runtime.loader import LoadedModel
 from storage.db import EditLog
 from storage.passwords import PasswordStore
 
@@ -24,8 +24,7 @@ def make_assistant(loaded: LoadedModel, tmp_path: Path, *, password: str | None 
                    hparams: dict | None = None, db_path: Path | None = None) -> Assistant:
     lock = RWLock()
     chat = ChatAgent(loaded, lock)
-    editor = Editor(loaded.model, loaded.tokenizer, stats_dir=amend_home() / "stats",
-                    default_layer=loaded.profile.default_edit_layer, chat_prompt=chat.prompt_text)
+    editor = Editor.for_model(loaded)
     log = EditLog(db_path or tmp_path / "amend.sqlite")
     passwords = PasswordStore(log)
     if password and not passwords.is_set:
