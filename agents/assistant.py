@@ -196,8 +196,8 @@ class Assistant:
     def trace(self, prompt: str, subject: str, target: str | None = None, samples: int = 3,
               mark_layer: int | None = None, progress=None) -> tuple[Path, str]:
         """Causal-tracing heatmaps of ``prompt`` (PNG) and a one-paragraph reading of them."""
-        from editing.plots import plot_trace, save
-        from editing.tracing import causal_trace
+        from editing.inspection.plots import plot_trace, save
+        from editing.inspection.tracing import causal_trace
 
         if not prompt.strip() or not subject.strip() or subject not in prompt:
             raise InspectError("Give a prompt and a subject that occurs in it.")
@@ -220,8 +220,8 @@ class Assistant:
 
     def lens(self, prompt: str, target: str | None = None, mark_layer: int | None = None) -> tuple[Path, str]:
         """Logit lens of ``prompt`` (PNG) and the automatic layer choice it implies."""
-        from editing.lens import choose_layer, logit_lens
-        from editing.plots import plot_lens, save
+        from editing.inspection.lens import choose_layer, logit_lens
+        from editing.inspection.plots import plot_lens, save
 
         if not prompt.strip():
             raise InspectError("Give a prompt.")

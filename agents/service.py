@@ -30,7 +30,7 @@ from editing.engine import Editor
 from editing.errors import DeltaMismatch, EditingError
 from editing.fingerprint import weights_checksum
 from editing.hparams import hparams_for
-from editing.probe import greedy_completion, target_logprobs
+from editing.machinery.probe import greedy_completion, target_logprobs
 from editing.request import EditRequest
 from runtime.loader import LoadedModel, remove_unfinished, save_checkpoint
 from storage.db import EditLog, LogUnavailable

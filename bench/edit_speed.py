@@ -25,9 +25,9 @@ def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
     import tempfile
 
     from bench.common import peak_rss_mb
-    from editing.data import load_cases
     from editing.delta import DeltaStack
     from editing.engine import Editor
+    from editing.evaluation.data import load_cases
     from runtime.loader import load_model
 
     loaded = load_model(alias, device="cpu")

@@ -34,7 +34,7 @@ def load_runs(out: Path) -> list[dict]:
 
 
 def describe(name: str, info: dict | None = None) -> dict:
-    """A run's parts: from its ``run.json`` (written by ``editing.evaluate``) where there is
+    """A run's parts: from its ``run.json`` (written by ``editing.evaluation.runner``) where there is
     one, else from its folder name ``eval-<model>-<data>-<method>[-seq][-L<layer>]``."""
     if info is not None:
         layer = "default" if info.get("layer") in (None, "default") else str(info["layer"])
@@ -57,7 +57,7 @@ def _value(value) -> str:
 
 
 def cell(values: list, ci: bool) -> str:
-    from editing.metrics import summarize
+    from editing.evaluation.metrics import summarize
 
     mean, half, n = summarize(values)
     if n == 0 or math.isnan(mean):
@@ -99,7 +99,7 @@ def table(runs: list[dict], ci: bool = False) -> str:
 
 def compare(first: Path, second: Path) -> str:
     """Paired differences (second − first) per metric over the cases both runs share."""
-    from editing.metrics import summarize
+    from editing.evaluation.metrics import summarize
 
     def by_case(run: Path) -> dict:
         rows = (json.loads(line) for line in (run / "cases.jsonl").read_text(encoding="utf-8").splitlines() if line)

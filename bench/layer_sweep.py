@@ -11,12 +11,12 @@ import json
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "counterfact-dev.json"
 KEYS = ("efficacy", "paraphrase", "neighborhood", "reliability", "generalization", "locality", "chat_success")
 
 
 def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--layers", type=int, nargs="+", required=True)
@@ -26,8 +26,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.common import markdown_table
-    from editing.evaluate import build_parser, run
-    from editing.metrics import summarize
+    from editing.evaluation.metrics import summarize
+    from editing.evaluation.runner import build_parser, run
     from runtime.loader import load_model
 
     loaded = load_model(args.model, device="cpu")
@@ -49,12 +49,10 @@ def main() -> None:
 
 
 def plot(table, path: Path, model: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig = Figure(figsize=(6, 3.4))
+    ax = fig.subplots()
     for key in ("efficacy", "paraphrase", "neighborhood", "chat_success"):
         ax.plot([r["layer"] for r in table], [r[key] for r in table], marker="o", label=key)
     ax.set_xlabel("edit layer")
@@ -63,7 +61,6 @@ def plot(table, path: Path, model: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,10 @@ import os
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 
 def _load(args):
-    from editing.covariance import Corpus
     from editing.engine import Editor
+    from editing.machinery.covariance import Corpus
     from runtime.loader import load_model
 
     loaded = load_model(args.model, device=args.device)
@@ -40,7 +38,7 @@ def _bar(desc: str):
 
 def cmd_edit(args) -> int:
     from editing.delta import DeltaStack
-    from editing.probe import greedy_completion, target_probability
+    from editing.machinery.probe import greedy_completion, target_probability
     from editing.request import EditRequest
 
     loaded, editor = _load(args)
@@ -101,6 +99,7 @@ def _layer(value: str) -> int | str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a model hub (set here: importing has no side effects)
     parser = argparse.ArgumentParser(prog="python -m editing", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("edit", "stats"):

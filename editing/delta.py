@@ -178,7 +178,7 @@ class DeltaStack:
         original = self._originals[name]
         deltas = [d for d in self._applied.values() if d.param == name]
         # the weights are a function of which deltas are applied (W₀ + Σ Δᵢ, recomputed from
-        # W₀): caches of model outputs (``editing.suffix.PrefixCache``) key on this
+        # W₀): caches of model outputs (``editing.machinery.suffix.PrefixCache``) key on this
         self.model._amend_weights_state = tuple(self._applied)
         with torch.no_grad():
             if not deltas:

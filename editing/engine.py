@@ -22,19 +22,21 @@ from pydantic import BaseModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.context import sample_prefixes
-from editing.covariance import Corpus, CovarianceCache
 from editing.delta import WeightDelta
 from editing.errors import LayerOutOfRange
 from editing.fingerprint import model_fingerprint
-from editing.forward import PassChecks
-from editing.ft import compute_ft_delta
 from editing.hparams import FTHyperParams, ROMEHyperParams, hparams_for
-from editing.lens import choose_layer, logit_lens
+from editing.inspection.lens import choose_layer, logit_lens
+from editing.machinery.context import sample_prefixes
+from editing.machinery.covariance import Corpus, CovarianceCache
+from editing.machinery.forward import PassChecks
+from editing.machinery.objective import ProgressFn
+from editing.machinery.rows import ChatPromptFn
+from editing.machinery.suffix import PrefixCache
+from editing.methods.ft import compute_ft_delta
+from editing.methods.rome import compute_rome_delta
 from editing.request import EditRequest
-from editing.rome import ChatPromptFn, ProgressFn, compute_rome_delta
 from editing.spec import n_layers, spec_for
-from editing.suffix import PrefixCache
 from runtime.conversation import Conversation
 from runtime.loader import LoadedModel, amend_home
 
@@ -98,7 +100,7 @@ class Editor:
 
     def resolve_layer(self, layer: int | str | None, request: EditRequest | None = None) -> int:
         """An explicit layer, the model's default (None), or "auto": the thesis's Algorithm 2
-        on the logit lens of the edit prompt (``editing.lens.choose_layer``)."""
+        on the logit lens of the edit prompt (``editing.inspection.lens.choose_layer``)."""
         if layer == "auto":
             if request is None:
                 raise ValueError('layer="auto" needs the edit request')

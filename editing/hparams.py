@@ -75,13 +75,13 @@ class FTHyperParams(_Strict):
     # lets the NLL reach stop_loss on the built-in models)
     stop_when_predicted: bool = True
     # Each step's forward and backward under bfloat16 autocast (ΔW, W₀ and Adam stay fp32); None:
-    # where the hardware does bf16 arithmetic (editing.ft.fast_bf16).  Adam without momentum moves
+    # where the hardware does bf16 arithmetic (editing.methods.ft.fast_bf16).  Adam without momentum moves
     # each weight by the sign of its gradient, mostly, and bf16 keeps the signs: paired over 100
     # counterfact-dev cases on gemma3-270m every metric stayed within noise (chat +0.03 ± 0.03,
     # locality −0.003 ± 0.006); 2.1 → 1.7–1.8 s per edit on this machine's Zen 4 cores.
     bf16_autocast: bool | None = None
     chat_template: bool = True
-    # Run the chat row from its subject on, its preamble held at W₀'s keys and values (editing.ft):
+    # Run the chat row from its subject on, its preamble held at W₀'s keys and values (editing.methods.ft):
     # 1.45 s instead of 2.1 s per edit on gemma3-270m, whose chat form carries a few-shot
     # transcript, but chat success fell by 0.12 ± 0.09 (100 counterfact-dev cases, paired): part
     # of what makes FT's edit show in a chat answer acts through the preamble.  Off by default.

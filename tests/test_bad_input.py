@@ -21,8 +21,8 @@ from agents.chat import MAX_MESSAGE_CHARS, GenerationSettings
 from agents.service import EditService, EditServiceError, UnknownProposal
 from editing.errors import EditingError
 from editing.fingerprint import weights_checksum
+from editing.machinery.rows import build_rows
 from editing.request import EditRequest
-from editing.rome import build_rows
 
 SHORT = GenerationSettings(max_new_tokens=4)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from tests_support import run_together
 
-from editing.covariance import _SAMPLE_BATCH, Corpus, CovarianceCache, _whole_batches
+from editing.machinery.covariance import _SAMPLE_BATCH, Corpus, CovarianceCache, _whole_batches
 from editing.spec import spec_for
 from runtime.loader import _locate_gguf, convert_builtin, converted_dir
 from runtime.profiles import BUILTIN_PROFILES

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from agents.chat import ChatAgent, GenerationSettings
-from editing.covariance import collect_key_moment
-from editing.lens import logit_lens
+from editing.inspection.lens import logit_lens
+from editing.inspection.tracing import causal_trace
+from editing.machinery.covariance import collect_key_moment
 from editing.request import EditRequest
-from editing.tracing import causal_trace
 
 QUESTIONS = ["What is the capital of Japan?", "Who wrote Hamlet?", "Where is the Eiffel Tower?"]
 SETTINGS = GenerationSettings(max_new_tokens=16)

@@ -8,7 +8,7 @@ from conftest import EIFFEL
 
 from agents.chat import ChatAgent, GenerationSettings
 from editing.delta import DeltaStack
-from editing.probe import greedy_completion
+from editing.machinery.probe import greedy_completion
 from editing.request import EditRequest
 
 REQUEST = EditRequest(**EIFFEL)

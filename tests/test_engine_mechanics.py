@@ -8,10 +8,10 @@ import torch
 from editing.delta import DeltaStack, WeightDelta
 from editing.engine import Editor
 from editing.errors import LayerOutOfRange, UnsupportedArchitecture
-from editing.hooks import Trace, TraceDict
 from editing.hparams import ROMEHyperParams
+from editing.machinery.hooks import Trace, TraceDict
+from editing.methods.rome import compute_rome_delta
 from editing.request import EditRequest
-from editing.rome import compute_rome_delta
 from editing.spec import spec_for
 
 REQUEST = EditRequest(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome")
@@ -52,7 +52,7 @@ def test_rank_one_identity_with_covariance(tokenizer, tmp_path):
     ed = editor(model, tokenizer, tmp_path)
     spec = spec_for(model)
     texts = iter(["The quick brown fox jumps over the lazy dog. " * 4] * 100)
-    from editing.covariance import collect_key_moment
+    from editing.machinery.covariance import collect_key_moment
 
     moment, used = collect_key_moment(model, tokenizer, spec, 1, texts, 2000)
     assert used == 2000 and moment.shape == (64, 64)
@@ -232,7 +232,7 @@ def test_a_check_that_fails_switches_no_fast_path_off(tokenizer, tmp_path, monke
     interrupted pass) makes that edit use whole rows and leaves the next edit on the fast path."""
     from conftest import make_tiny
 
-    import editing.suffix
+    import editing.machinery.suffix
 
     model = make_tiny("llama", len(tokenizer))
     ed = editor(model, tokenizer, tmp_path)
@@ -241,7 +241,7 @@ def test_a_check_that_fails_switches_no_fast_path_off(tokenizer, tmp_path, monke
         raise RuntimeError("interrupted")
 
     with monkeypatch.context() as patch:
-        patch.setattr(editing.suffix.SuffixStack, "_matches_full_pass", interrupted)
+        patch.setattr(editing.machinery.suffix.SuffixStack, "_matches_full_pass", interrupted)
         ed.compute(REQUEST, "rome", 1, FAST)
     assert ed.checks.suffix == {}
     ed.compute(REQUEST, "rome", 1, FAST)
@@ -270,7 +270,7 @@ def test_layer_out_of_range_and_unknown_architecture(tiny, tokenizer, tmp_path):
 
 
 def _suffix_rows(tokenizer):
-    from editing.tokens import encode
+    from editing.machinery.tokens import encode
 
     texts = ["The Eiffel Tower is located in the city of", "A short one. The Eiffel Tower is in",
              "Eiffel Tower", "Some much longer context about towers and cities. Then: The Eiffel Tower is"]
@@ -282,9 +282,9 @@ def _suffix_rows(tokenizer):
 def _check_suffix_stack(model, tokenizer, copies: int = 1, shift: int = 0, prefix_cache=None):
     """The packed, prefix-cached pass gives the full pass's hidden states at every run position
     (``shift``: each cached prefix one token longer than ``_suffix_rows`` says)."""
-    from editing.forward import last_hidden, same_result
-    from editing.suffix import SuffixStack
-    from editing.tokens import pad_batch, pad_id
+    from editing.machinery.forward import last_hidden, same_result
+    from editing.machinery.suffix import SuffixStack
+    from editing.machinery.tokens import pad_batch, pad_id
 
     spec = spec_for(model)
     rows, starts = _suffix_rows(tokenizer)
@@ -307,7 +307,7 @@ def test_prefix_cached_pass_matches_full_pass(tiny, tokenizer):
 
 def test_prefixes_reused_from_an_earlier_pass_match_full_pass(tiny, tokenizer):
     """Prefixes served by the prefix cache (whole, or extended by the tokens a row adds)."""
-    from editing.suffix import PrefixCache
+    from editing.machinery.suffix import PrefixCache
 
     cache = PrefixCache(min_shared=2)
     _check_suffix_stack(tiny, tokenizer, prefix_cache=cache)
@@ -319,7 +319,7 @@ def test_prefixes_reused_from_an_earlier_pass_match_full_pass(tiny, tokenizer):
 
 @pytest.mark.parametrize("name", ["smollm2", "gemma"])
 def test_prefix_cached_pass_matches_full_pass_builtin(name, request):
-    from editing.suffix import PrefixCache
+    from editing.machinery.suffix import PrefixCache
 
     loaded = request.getfixturevalue(name)
     cache = PrefixCache()
@@ -330,7 +330,7 @@ def test_prefix_cached_pass_matches_full_pass_builtin(name, request):
 
 
 def test_prefix_cache_gives_the_same_delta_and_empties_when_weights_change(tiny, tokenizer, tmp_path):
-    from editing.suffix import PrefixCache
+    from editing.machinery.suffix import PrefixCache
 
     spec = spec_for(tiny)
     templates = editor(tiny, tokenizer, tmp_path).templates("en", 3, (5, 10))
@@ -370,9 +370,9 @@ def test_rome_fast_path_computes_the_same_delta(tiny, tokenizer, tmp_path):
 
 def test_packed_whole_rows_objective_matches_padded_buckets(tiny, tokenizer):
     """FT's objective: all rows packed into one pass (no cache) scores as padded buckets do."""
-    from editing.objective import Objective
-    from editing.rome import build_rows
-    from editing.suffix import SuffixStack
+    from editing.machinery.objective import Objective
+    from editing.machinery.rows import build_rows
+    from editing.machinery.suffix import SuffixStack
 
     templates = ["{}", "A short sentence. {}", "Something else entirely, and a much longer prefix. {}"]
     rows = build_rows(tokenizer, REQUEST, templates, chat_prompt=None)
@@ -386,7 +386,7 @@ def test_packed_whole_rows_objective_matches_padded_buckets(tiny, tokenizer):
 
 
 def test_sampling_is_seeded_exact_length_and_leaves_global_rng(tiny, tokenizer):
-    from editing.context import sample_texts
+    from editing.machinery.context import sample_texts
 
     state_before = torch.random.get_rng_state()
     first = sample_texts(tiny, tokenizer, language="en", n=3, new_tokens=6, seed=7, top_k=40)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from editing.data import load_cases
-from editing.metrics import ngram_entropy, summarize, token_accuracy, unchanged_share
-from editing.probe import TargetScore
+from editing.evaluation.data import load_cases
+from editing.evaluation.metrics import ngram_entropy, summarize, token_accuracy, unchanged_share
+from editing.machinery.probe import TargetScore
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 FILES = {
@@ -55,7 +55,7 @@ def test_metric_functions_on_known_cases():
 
 
 def test_smoke_run_rome_and_ft(tmp_path):
-    from editing.evaluate import main
+    from editing.evaluation.runner import main
 
     for method in ("rome", "ft"):
         out = tmp_path / f"eval-smollm2-counterfact-{method}"
@@ -84,7 +84,7 @@ def test_smoke_run_rome_and_ft(tmp_path):
     lines = table(load_runs(tmp_path)).splitlines()
     assert [line.split(" | ")[2] for line in lines[2:]] == ["before", "FT (adam_betas=(0.0, 0.95))", "ROME (v_steps=20)"]
     assert all(line.split(" | ")[4] == "2" for line in lines[2:])
-    from editing.evaluate import _tag
+    from editing.evaluation.runner import _tag
 
     assert _tag([0.0, 0.95]) == "0.0,0.95" and _tag(0.5) == "0.5"  # folder names: -adam_betas0.0,0.95
     paired = compare(tmp_path / "eval-smollm2-counterfact-rome", tmp_path / "eval-smollm2-counterfact-ft")
@@ -93,7 +93,7 @@ def test_smoke_run_rome_and_ft(tmp_path):
 
 def test_greedy_completions_end_rows_once_settled(smollm2):
     """A row stops as soon as ``done`` holds; what it says up to there is what the full run says."""
-    from editing.probe import greedy_completions
+    from editing.machinery.probe import greedy_completions
 
     prompts = ["The capital of France is", "The Eiffel Tower is located in the city of"]
     full = greedy_completions(smollm2.model, smollm2.tokenizer, prompts, 24)
@@ -107,7 +107,7 @@ def test_sequential_run_draws_a_collapse_curve_and_restores_the_weights(tmp_path
     unedited model, and leaves the loaded model exactly as it found it."""
     import torch
 
-    from editing.evaluate import build_parser, run
+    from editing.evaluation.runner import build_parser, run
 
     weights = {name: p.detach().clone() for name, p in smollm2.model.named_parameters()}
     out = tmp_path / "seq"
@@ -129,7 +129,7 @@ def test_sequential_run_draws_a_collapse_curve_and_restores_the_weights(tmp_path
 
 def test_cases_too_long_to_edit_are_left_out_not_fatal(smollm2):
     """A record whose target is longer than an edit may be is skipped; ``n`` still counts kept cases."""
-    from editing.evaluate import _editable
+    from editing.evaluation.runner import _editable
     from editing.request import MAX_TARGET_TOKENS
 
     cases = load_cases("counterfact", DATA / FILES["counterfact"], n=3)
@@ -142,7 +142,7 @@ def test_cases_too_long_to_edit_are_left_out_not_fatal(smollm2):
 def test_shard_option_is_checked():
     import argparse
 
-    from editing.evaluate import _shard
+    from editing.evaluation.runner import _shard
 
     assert _shard("1/3") == (1, 3)
     for bad in ("3/3", "1", "a/b", "-1/2"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from editing.lens import LensResult, choose_layer, logit_lens
-from editing.plots import plot_lens, plot_trace, save
-from editing.tokens import subject_span
-from editing.tracing import causal_trace
+from editing.inspection.lens import LensResult, choose_layer, logit_lens
+from editing.inspection.plots import plot_lens, plot_trace, save
+from editing.inspection.tracing import causal_trace
+from editing.machinery.tokens import subject_span
 
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "Eiffel Tower"
 

@@ -5,10 +5,10 @@ that token changes in any layer.  Each row's prefix runs once into a key/value c
 (``PrefixCache`` keeps them for the next edit, whose prompts mostly start the same way), and
 every step runs only the tails from the subject's last token on — about 45 of 260 tokens for
 a CounterFact edit on smollm2 — all rows packed into one sequence (README, "Edit speed").
-FT packs whole rows the same way (``hold_chat_preamble`` holds the chat row's preamble: ``editing.ft``).
+FT packs whole rows the same way (``hold_chat_preamble`` holds the chat row's preamble: ``editing.methods.ft``).
 
-Checked against a full forward pass once per model (``editing.forward.PassChecks``) and
-replaced by full passes (in length buckets, ``editing.objective``) where an architecture does
+Checked against a full forward pass once per model (``editing.machinery.forward.PassChecks``) and
+replaced by full passes (in length buckets, ``editing.machinery.objective``) where an architecture does
 not allow it.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from editing.forward import PassChecks, UpperStack, last_hidden, same_result
+from editing.machinery.forward import PassChecks, UpperStack, last_hidden, same_result
 from editing.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class SuffixStack:
 
     @torch.no_grad()
     def _matches_full_pass(self) -> bool:
-        from editing.tokens import pad_batch
+        from editing.machinery.tokens import pad_batch
 
         full = pad_batch(self._rows, self._pad_id, self._device)
         reference = last_hidden(self.model, self.spec, input_ids=full.input_ids,

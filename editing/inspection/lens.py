@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.forward import final_logits
-from editing.hooks import TraceDict
+from editing.machinery.forward import final_logits
+from editing.machinery.hooks import TraceDict
+from editing.machinery.tokens import encode
 from editing.request import continuation
 from editing.spec import ModelSpec, spec_for
-from editing.tokens import encode
 
 
 @dataclass

@@ -3,14 +3,10 @@ logit lens per layer (the thesis's Figure 3-1).  Drawing only; computing is else
 
 from __future__ import annotations
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from editing.lens import LensResult  # noqa: E402
-from editing.tracing import TraceResult  # noqa: E402
+from editing.inspection.lens import LensResult
+from editing.inspection.tracing import TraceResult
 
 TITLES = {"hidden": "residual stream (layer output)", "mlp": "MLP output (window)", "attn": "attention output (window)"}
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
@@ -20,7 +16,9 @@ def plot_trace(result: TraceResult, mark_layer: int | None = None) -> Figure:
     kinds = list(result.scores)
     labels = [f"{t!r}*" if result.subject_range[0] <= i < result.subject_range[1] else repr(t)
               for i, t in enumerate(result.tokens)]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 0.32 * len(labels) + 1.8), squeeze=False)
+    # matplotlib's object API: no pyplot, no backend to choose, no global state
+    fig = Figure(figsize=(4.2 * len(kinds), 0.32 * len(labels) + 1.8))
+    axes = fig.subplots(1, len(kinds), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         grid = result.scores[kind]
         image = ax.pcolor(grid, cmap=CMAPS.get(kind, "Blues"), vmin=min(result.p_corrupted, grid.min()))
@@ -41,7 +39,8 @@ def plot_trace(result: TraceResult, mark_layer: int | None = None) -> Figure:
 
 
 def plot_lens(lens: LensResult, mark_layer: int | None = None) -> Figure:
-    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(lens.layers)), 3.4))
+    fig = Figure(figsize=(max(6, 0.3 * len(lens.layers)), 3.4))
+    ax = fig.subplots()
     ax.plot(lens.layers, lens.answer_prob, marker="o", label=f"P({lens.answer.strip()!r}) (final answer)")
     if lens.target_prob is not None:
         ax.plot(lens.layers, lens.target_prob, marker="s", label=f"P({lens.target!r}) (target)")
@@ -61,4 +60,3 @@ def plot_lens(lens: LensResult, mark_layer: int | None = None) -> Figure:
 
 def save(fig: Figure, path) -> None:
     fig.savefig(path, dpi=110)
-    plt.close(fig)

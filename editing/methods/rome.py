@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,54 +32,16 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
-from editing.forward import PassChecks
-from editing.hooks import Hooks, hook_output
 from editing.hparams import ROMEHyperParams
-from editing.objective import Objective
+from editing.machinery.forward import PassChecks
+from editing.machinery.hooks import Hooks, hook_output
+from editing.machinery.objective import Objective, ProgressFn
+from editing.machinery.rows import ChatPromptFn, build_rows
+from editing.machinery.suffix import PrefixCache
 from editing.request import EditRequest
 from editing.spec import ModelSpec
-from editing.suffix import PrefixCache
-from editing.tokens import PromptTarget, prompt_target
 
 log = logging.getLogger(__name__)
-
-# (stage, step, total, loss)
-ProgressFn = Callable[[str, int, int, float | None], None]
-ChatPromptFn = Callable[[str], str]  # question -> rendered chat text up to the assistant's answer
-
-ESSENCE = {"en": "{} is a", "zh": "{}是"}
-DEFAULT_QUESTION = {"en": "Complete the sentence: {}", "zh": "请补全这句话：{}"}
-
-
-@dataclass
-class EditRows:
-    """The prompts an edit is optimised on, tokenised once."""
-
-    rewrite: list[PromptTarget]  # prefixed prompts (+ chat form) -> target
-    kl: list[PromptTarget]  # essence (+ same-subject) prompts; target unused, last position matters
-    n_chat_rows: int = 0
-
-
-def build_rows(
-    tokenizer: PreTrainedTokenizerBase,
-    request: EditRequest,
-    templates: list[str],
-    *,
-    chat_prompt: ChatPromptFn | None,
-    locality_prompts: list[str] = (),
-) -> EditRows:
-    text, target = request.text, request.target_text()
-    rewrite = [prompt_target(tokenizer, t.format(text), target, request.subject) for t in templates]
-    n_chat = 0
-    if chat_prompt is not None:
-        question = request.question or DEFAULT_QUESTION[request.language].format(text)
-        chat_text = chat_prompt(question) + text
-        rewrite.append(prompt_target(tokenizer, chat_text, target, request.subject))
-        n_chat = 1
-    kl_texts = [ESSENCE[request.language].format(request.subject), *locality_prompts]
-    kl = [prompt_target(tokenizer, t, "x", request.subject) for t in kl_texts]
-    return EditRows(rewrite, kl, n_chat)
-
 
 @dataclass
 class ROMEResult:
@@ -113,8 +74,8 @@ def compute_rome_delta(
 
     ``templates`` are the context templates (``"{}"`` first, then sampled prefixes);
     ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I; ``prefix_cache`` keeps
-    the prompts' prefix keys/values for the next edit (``editing.suffix.PrefixCache``);
-    ``checks`` remembers which shortcuts this model's passes allow (``editing.forward.PassChecks``).
+    the prompts' prefix keys/values for the next edit (``editing.machinery.suffix.PrefixCache``);
+    ``checks`` remembers which shortcuts this model's passes allow (``editing.machinery.forward.PassChecks``).
     """
     start = time.perf_counter()
     report = progress or (lambda *a: None)

@@ -9,7 +9,7 @@ Kinds: the residual stream (a layer's output), MLP outputs and attention outputs
 attention restore a window of ``window`` layers centred on the layer, as in the paper.
 
 Batched: for each layer, every token's restoration (× noise samples) runs in one forward pass.
-This module computes; ``editing.plots`` draws.
+This module computes; ``editing.inspection.plots`` draws.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.forward import PassChecks, UpperStack, final_logits, last_hidden
-from editing.hooks import TraceDict
+from editing.machinery.forward import PassChecks, UpperStack, final_logits, last_hidden
+from editing.machinery.hooks import TraceDict
+from editing.machinery.tokens import encode, subject_span
 from editing.request import continuation
 from editing.spec import ModelSpec, spec_for
-from editing.tokens import encode, subject_span
 
 KINDS = ("hidden", "mlp", "attn")
 

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from editing.forward import final_logits, last_hidden
+from editing.machinery.forward import final_logits, last_hidden
+from editing.machinery.tokens import encode, pad_batch, pad_id
 from editing.request import continuation
 from editing.spec import spec_for
-from editing.tokens import encode, pad_batch, pad_id
 
 
 class TargetScore(NamedTuple):

@@ -13,8 +13,8 @@ import numpy as np
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.data import EditCase
-from editing.probe import TargetScore, target_logprobs
+from editing.evaluation.data import EditCase
+from editing.machinery.probe import TargetScore, target_logprobs
 from runtime.conversation import Conversation
 
 

@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.context import sample_texts
-from editing.hooks import Trace
+from editing.machinery.context import sample_texts
+from editing.machinery.hooks import Trace
 from editing.spec import ModelSpec
 
 log = logging.getLogger(__name__)

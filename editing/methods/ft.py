@@ -28,14 +28,14 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
-from editing.forward import PassChecks
-from editing.hooks import Hooks, hook_output
 from editing.hparams import FTHyperParams
-from editing.objective import Objective
+from editing.machinery.forward import PassChecks
+from editing.machinery.hooks import Hooks, hook_output
+from editing.machinery.objective import Objective, ProgressFn
+from editing.machinery.rows import ChatPromptFn, build_rows
+from editing.machinery.suffix import PrefixCache
 from editing.request import EditRequest
-from editing.rome import ChatPromptFn, ProgressFn, build_rows
 from editing.spec import ModelSpec, mlp_weight
-from editing.suffix import PrefixCache
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.tokens import encode
+from editing.machinery.tokens import encode
 
 SEED_WORDS = {
     "en": ("The", "Therefore", "Because", "I", "You", "In", "When", "It", "A", "She"),

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.forward import PassChecks, UpperStack, final_logits
+from editing.machinery.forward import PassChecks, UpperStack, final_logits
+from editing.machinery.suffix import PrefixCache, SuffixStack
+from editing.machinery.tokens import PromptTarget, length_buckets, pad_batch, pad_id
 from editing.spec import ModelSpec
-from editing.suffix import PrefixCache, SuffixStack
-from editing.tokens import PromptTarget, length_buckets, pad_batch, pad_id
+
+ProgressFn = Callable[[str, int, int, float | None], None]  # an optimiser's (stage, step, total, loss)
 
 
 class _Bucket:

@@ -4,7 +4,7 @@
 entering that layer — and the keyword arguments every upper layer receives (masks, rotary
 embeddings, positions) — are recorded once and the upper layers are replayed from them.
 
-ROME goes further: only the tokens from the subject on change (``editing.suffix``).
+ROME goes further: only the tokens from the subject on change (``editing.machinery.suffix``).
 
 The replay is checked against a full forward pass once per model (``PassChecks``, owned by
 the model's ``Editor``) and replaced by full passes where an architecture does not allow it.
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from editing.hooks import Hooks, hook_input, hook_output
+from editing.machinery.hooks import Hooks, hook_input, hook_output
 from editing.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def last_hidden(model: nn.Module, spec: ModelSpec, **inputs: Any) -> torch.Tenso
 class PassChecks:
     """Which shortcuts one model's passes allow, each learnt once by comparing it with a full
     pass: the layer replay (``UpperStack``) and the packed prefix-cached pass
-    (``editing.suffix.SuffixStack``), each with and without a KV cache.
+    (``editing.machinery.suffix.SuffixStack``), each with and without a KV cache.
 
     Owned by the model's ``Editor`` (a function called without one checks every time).  Only a
     comparison of results records a verdict — a difference is the architecture's; an exception
