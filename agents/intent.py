@@ -49,7 +49,6 @@ def extract_with_llm(generate: GenerateFn, message: str, previous_answer: str | 
                 target_new=str(data.get("new", "")),
                 target_old=(str(data["old"]) if data.get("old") else None),
                 question=question,
-                language=lang,
                 extractor="llm",
             )
         except ValidationError as exc:
@@ -58,21 +57,7 @@ def extract_with_llm(generate: GenerateFn, message: str, previous_answer: str | 
 
 
 def extract_with_parser(message: str, previous_answer: str | None, question: str | None = None) -> EditProposal | None:
-    fact = parse_correction(message, previous_answer)
-    if fact is None:
-        return None
-    try:
-        return EditProposal(
-            subject=fact.subject,
-            prompt=fact.prompt,
-            target_new=fact.target_new,
-            target_old=fact.target_old,
-            question=question,
-            language=fact.language,  # type: ignore[arg-type]
-            extractor="parser",
-        )
-    except ValidationError:
-        return None
+    return parse_correction(message, previous_answer, question)
 
 
 class IntentAgent:

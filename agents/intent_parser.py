@@ -18,8 +18,11 @@ so none of them backtracks over more than a word.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
+from pydantic import ValidationError
+
+from agents.proposal import EditProposal
 from runtime.language import language_of
 
 # -- English -------------------------------------------------------------------------------
@@ -89,13 +92,13 @@ def _tail_clause(text: str, pattern: re.Pattern, clause_end: str, closing: str) 
     return pattern.search(text, start, end)
 
 
-@dataclass(frozen=True)
-class ParsedFact:
+class _Statement(NamedTuple):
+    """What the parser read, before it is checked: the proposal is made from it (``parse_correction``)."""
+
     subject: str
     prompt: str
     target_new: str
     target_old: str | None
-    language: str
 
 
 def _clean(value: str) -> str:
@@ -176,7 +179,7 @@ _ZH_HEDGE = re.compile(r"(也许|可能|大概|好像|记不清|不确定|不记
 _EN_CLAUSE_TAIL = re.compile(r",\s*(?:i|you|we|right|isn'?t it|ok|okay|but|and|so|please)\b.*$", re.IGNORECASE)
 
 
-def parse_english(message: str, previous_answer: str | None) -> ParsedFact | None:
+def parse_english(message: str, previous_answer: str | None) -> _Statement | None:
     text = " ".join(message.split())
     if _EN_HEDGE.search(text):
         return None
@@ -194,7 +197,7 @@ def parse_english(message: str, previous_answer: str | None) -> ParsedFact | Non
             return _from_previous(previous_answer, new, old)
         statement = _en_statement(f"{left} is {new}")
         if statement:
-            return ParsedFact(*statement, old, "en")
+            return _Statement(*statement, old)
     # "Not W, it's Z"
     m = re.match(r"^not\s+(?P<old>[^,]+),\s*(?:it'?s|it is|it was|but)\s+(?P<new>.+)$", body, re.IGNORECASE)
     if m:
@@ -217,7 +220,7 @@ def parse_english(message: str, previous_answer: str | None) -> ParsedFact | Non
         return None
     if old is None and previous_answer:
         old = _old_from_answer(previous_answer, subject)
-    return ParsedFact(subject, prompt, value, old, "en")
+    return _Statement(subject, prompt, value, old)
 
 
 def _old_from_answer(answer: str, subject: str) -> str | None:
@@ -227,19 +230,19 @@ def _old_from_answer(answer: str, subject: str) -> str | None:
     return None
 
 
-def _first_statement(answer: str) -> ParsedFact | None:
+def _first_statement(answer: str) -> _Statement | None:
     # the model's answer: its first sentence, whitespace collapsed, at most a correction's length
     sentence = re.split(r"(?<=[.!。！]) ?", " ".join(answer[: 4 * MAX_CORRECTION_CHARS].split()))[0]
     sentence = sentence[:MAX_CORRECTION_CHARS]
     if language_of(sentence) == "zh":
         found = _zh_statement(sentence)
-        return ParsedFact(*found, None, "zh") if found else None
+        return _Statement(*found, None) if found else None
     sentence = re.split(r",", sentence)[0]
     found = _en_statement(sentence)
-    return ParsedFact(*found, None, "en") if found else None
+    return _Statement(*found, None) if found else None
 
 
-def _from_previous(previous_answer: str | None, value: str, old: str | None) -> ParsedFact | None:
+def _from_previous(previous_answer: str | None, value: str, old: str | None) -> _Statement | None:
     """Subject and relation from the assistant's last answer; the new value from the user."""
     if not previous_answer:
         return None
@@ -247,7 +250,7 @@ def _from_previous(previous_answer: str | None, value: str, old: str | None) -> 
     if statement is None or not value:
         return None
     value = _clean(re.sub(r"^(?:it'?s|it is|that'?s|是)\s*", "", value, flags=re.IGNORECASE))
-    return ParsedFact(statement.subject, statement.prompt, value, old or statement.target_new, statement.language)
+    return _Statement(statement.subject, statement.prompt, value, old or statement.target_new)
 
 
 # -- Chinese parsing ---------------------------------------------------------------------------
@@ -270,7 +273,7 @@ def _zh_statement(sentence: str) -> tuple[str, str, str] | None:
     return subject, left + rel, value
 
 
-def parse_chinese(message: str, previous_answer: str | None) -> ParsedFact | None:
+def parse_chinese(message: str, previous_answer: str | None) -> _Statement | None:
     text = " ".join(message.split())
     if _ZH_HEDGE.search(text):
         return None
@@ -297,18 +300,26 @@ def parse_chinese(message: str, previous_answer: str | None) -> ParsedFact | Non
         return _from_previous(previous_answer, value, old)
     if old is None and previous_answer:
         old = _old_from_answer(previous_answer, subject)
-    return ParsedFact(subject, prompt, value, old, "zh")
+    return _Statement(subject, prompt, value, old)
 
 
-def parse_correction(message: str, previous_answer: str | None = None) -> ParsedFact | None:
-    """The fact a correction states, or None if the message is not a correction (a message
-    longer than ``MAX_CORRECTION_CHARS`` is none)."""
+def parse_correction(message: str, previous_answer: str | None = None,
+                     question: str | None = None) -> EditProposal | None:
+    """The edit a correction asks for, or None if the message is not a correction (a message
+    longer than ``MAX_CORRECTION_CHARS`` is none) or what it states is not an edit."""
     if not message or not message.strip() or len(message) > MAX_CORRECTION_CHARS:
         return None
-    return parse_unbounded(message, previous_answer)
+    found = parse_unbounded(message, previous_answer)
+    if found is None:
+        return None
+    try:
+        return EditProposal(subject=found.subject, prompt=found.prompt, target_new=found.target_new,
+                            target_old=found.target_old, question=question, extractor="parser")
+    except ValidationError:
+        return None
 
 
-def parse_unbounded(message: str, previous_answer: str | None = None) -> ParsedFact | None:
+def parse_unbounded(message: str, previous_answer: str | None = None) -> _Statement | None:
     """``parse_correction`` without the length bound (its cost is linear in the length:
     ``bench/parser_speed.py`` times it on long adversarial messages)."""
     if not message or not message.strip():

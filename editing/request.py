@@ -47,10 +47,7 @@ class EditRequest(BaseModel):
 
     @model_validator(mode="after")
     def _subject_in_prompt(self) -> EditRequest:
-        if not self.subject:
-            raise SubjectNotInPrompt(self.subject, self.prompt)
-        if "{}" not in self.prompt and self.subject not in self.prompt:
-            raise SubjectNotInPrompt(self.subject, self.prompt)
+        check_subject_in_prompt(self.subject, self.prompt)
         return self
 
     @property
@@ -87,6 +84,13 @@ class EditRequest(BaseModel):
         n_prompt = len(tokenizer(self.text, add_special_tokens=False).input_ids)
         if n_prompt > MAX_PROMPT_TOKENS:
             raise PromptTooLong(n_prompt, MAX_PROMPT_TOKENS)
+
+
+def check_subject_in_prompt(subject: str, prompt: str) -> None:
+    """The one subject check (the request's and the proposal's): a non-empty subject that the
+    prompt holds verbatim, or a ``{}`` where it goes."""
+    if not subject or ("{}" not in prompt and subject not in prompt):
+        raise SubjectNotInPrompt(subject, prompt)
 
 
 def _literal(text: str) -> str:

@@ -10,7 +10,7 @@ from tests_support import PASSWORD, make_assistant, served_app
 from agents.proposal import EditProposal
 
 PROPOSAL_EN = EditProposal(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of",
-                           target_new="Rome", target_old="Paris", language="en", extractor="parser")
+                           target_new="Rome", target_old="Paris", extractor="parser")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from runtime import load_model
 from storage.passwords import WrongPassword
 
 PROPOSAL = EditProposal(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target_new="Rome",
-                        target_old="Paris", question="Where is the Eiffel Tower?", language="en", extractor="parser")
+                        target_old="Paris", question="Where is the Eiffel Tower?", extractor="parser")
 
 
 def checksum(model) -> str:
