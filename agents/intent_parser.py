@@ -47,7 +47,8 @@ _EN_QUESTION = re.compile(
 _EN_RELATION = re.compile(
     r"\s(?P<rel>should be|(?:is|was|are|were) (?!not\b)\w+(?:ed|en|wn|ng|lt|ht) (?:by|in|at|on|from|for|as)|is located in|is situated in|is based in|is headquartered in|was born in|"
     r"was founded in|was founded by|was written by|was invented by|was created by|was developed by|is made of|"
-    r"is made by|is owned by|is in|is at|is on|is from|lives in|died in|works for|works as|works at|plays for|"
+    r"is made by|is owned by|is in|is at|is on|is from|lives in|died in|works for|works as|works at|studied at|studies at|"
+    r"graduated from|plays for|"
     r"plays the|plays|speaks|wrote|invented|founded|married|leads|owns|belongs to|was in|was a|was an|was the|"
     r"is a|is an|is the|was|is|are|were|has been|'s)\s(?P<obj>.+)$",
     re.IGNORECASE,
@@ -63,6 +64,12 @@ _ARTICLE = re.compile(r"^(the|a|an)\s+", re.IGNORECASE)
 _OF = re.compile(r"^(?P<head>(?:the\s+)?[\w\s-]+?)\s+(?:of|on)\s+(?P<subject>.+)$", re.IGNORECASE)
 _PRONOUN_VALUE = re.compile(r"^(?:it'?s|it is|it was|that'?s|that is|the (?:right |correct )?answer is|it should be)\s+(?P<value>.+)$",
                             re.IGNORECASE)
+# "city of Rome", "Italian city of Naples", "company Samsung": a category noun (lowercase, from a
+# closed list; "University of Zurich" or "The Merchant of Venice" are names and stay whole) before the name
+_CATEGORY_NOUNS = ("city|town|village|country|nation|state|province|region|county|district|island|continent|"
+                   "capital|language|company|firm|band|club|team|river|mountain|university|field|genre|sport|"
+                   "religion|profession|job|party|newspaper|network|label|brand|planet")
+_CATEGORY = re.compile(rf"^(?P<words>(?:[A-Za-z]+ )?(?:{_CATEGORY_NOUNS})(?: of)?) (?P<name>(?:the )?[A-Z0-9].*)$")
 _POSSESSIVE = re.compile(r"^(?P<subject>.+?)'s\s+(?P<relation>.+)$")
 
 # -- Chinese -------------------------------------------------------------------------------
@@ -134,12 +141,21 @@ def _en_statement(sentence: str) -> tuple[str, str, str] | None:
         subject = _ARTICLE.sub("", subject_phrase).strip()
     if not subject or len(subject.split()) > 8:
         return None
-    # articles/prepositions that start the value belong to the prompt ("is a | doctor")
-    lead = re.match(r"^((?:a|an|the|in|at|on|from|by)\s+)+", value, re.IGNORECASE)
+    # articles/prepositions that start the value belong to the prompt ("is a | doctor"), and so
+    # does a category word before the name ("in the city of | Rome", "made by the company |
+    # Samsung"): the edit's answer is the shortest text that names the fact
     prompt_tail = ""
-    if lead and len(value) > len(lead.group(0)):
-        prompt_tail = " " + lead.group(0).strip()
-        value = value[len(lead.group(0)) :]
+    for _ in range(2):
+        # lowercase only: a capital "The" mid-sentence starts a name ("The Hague", "The Merchant of Venice")
+        lead = re.match(r"^((?:a|an|the|in|at|on|from|by)\s+)+", value)
+        if lead and len(value) > len(lead.group(0)):
+            prompt_tail += " " + lead.group(0).strip()
+            value = value[len(lead.group(0)) :]
+        category = _CATEGORY.match(value)
+        if not category:
+            break
+        prompt_tail += " " + category.group("words")
+        value = category.group("name")
     # a sentence starts with a capital, unless that would change the subject ("iPhone", "nOT")
     head = left if left.startswith(subject) else f"{left[0].upper()}{left[1:]}"
     prompt = f"{head} {rel}{prompt_tail}"

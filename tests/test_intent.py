@@ -105,3 +105,17 @@ def test_adversarial_messages_parse():
     for name, make in FAMILIES.items():
         verdicts = {parse_unbounded(make(n)) is None for n in (4096, 65536)}
         assert len(verdicts) == 1, name
+
+
+@pytest.mark.parametrize("message, prompt, target", [
+    ("No, that's wrong. The Eiffel Tower is located in the city of Rome.",
+     "The Eiffel Tower is located in the city of", "Rome"),
+    ("No, the iPhone is made by the company Samsung.", "The iPhone is made by the company", "Samsung"),
+    ("Actually, Einstein studied at the University of Zurich.", "Einstein studied at the", "University of Zurich"),
+    ("Actually, Shakespeare wrote The Merchant of Venice.", "Shakespeare wrote", "The Merchant of Venice"),
+])
+def test_the_card_proposes_the_fact_not_the_phrase(message, prompt, target):
+    """The answer is the shortest text naming the fact ("city of Rome" -> "Rome", the category
+    word joins the prompt); a name that holds "of" stays whole."""
+    p = parse_correction(message)
+    assert (p.prompt, p.target_new) == (prompt, target)
