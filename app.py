@@ -15,6 +15,7 @@ import getpass
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,35 +154,213 @@ def _sample_contexts(editor):
 # -- the page -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent an event: the browser session (Gradio's session hash) and the client address."""
+
+    session: str = "local"
+    address: str | None = None
+
+
+class PageError(ValueError):
+    """A control's value the page cannot use; the message is meant for the person."""
+
+
+SKIP = object()  # "leave this component as it is"
+
+
+def _whole(value, what: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PageError(f"The {what} must be a whole number.") from None
+    if not number.is_integer():
+        raise PageError(f"The {what} must be a whole number.")
+    return int(number)
+
+
+class Page:
+    """What each control of the page does.  Plain functions of the ``Assistant`` facade and the
+    controls' values, returning the new values by component name (``build_ui`` binds names to
+    components; ``True``/``False`` shows or hides a group, ``SKIP`` leaves a component alone).
+    Tested directly, without a browser (``tests/test_page.py``)."""
+
+    def __init__(self, assistant) -> None:
+        self.assistant = assistant
+
+    # -- chat
+    def chat(self, caller: Caller, message: str, temperature=0.0, max_new_tokens=128) -> Iterator[dict]:
+        """Send a message: the chat so far while it streams; a correction opens the confirmation card."""
+        from agents.chat import GenerationSettings
+
+        tokens = _whole(max_new_tokens, "number of new tokens") or 128
+        try:
+            heat = float(temperature or 0.0)
+        except (TypeError, ValueError):
+            raise PageError("The temperature must be a number.") from None
+        if not 1 <= tokens <= 512 or not 0.0 <= heat <= 2.0:
+            raise PageError("Max new tokens must be 1–512 and the temperature 0–2.")
+        settings = GenerationSettings(max_new_tokens=tokens, temperature=heat)
+        box = ""  # clear the textbox once; later values leave alone what the person types meanwhile
+        turn = None
+        for turn in self.assistant.chat_stream(caller.session, message, settings):
+            yield {"chatbot": turn.history, "msg": box, "notice": turn.notice or "", "proposal_json": None,
+                   "card": False}
+            box = SKIP
+        if turn is not None and turn.proposal is not None:
+            view, p = turn.proposal, turn.proposal.proposal
+            yield {"proposal_json": view.model_dump(mode="json"), "card": True, "pid": view.id, "subject": p.subject,
+                   "prompt": p.prompt, "target_new": p.target_new, "target_old": p.target_old or ""}
+
+    def clean(self, caller: Caller) -> dict:
+        """Clear this session's chat history (the same as typing `clean`)."""
+        return {"chatbot": [], "notice": self.assistant.clean(caller.session), "proposal_json": None, "card": False}
+
+    def stop(self, caller: Caller) -> dict:
+        """Stop the answer being generated for this session."""
+        self.assistant.stop(caller.session)
+        return {}
+
+    # -- edits
+    def apply(self, caller: Caller, pid: str, password: str, subject: str, prompt: str, target_new: str,
+              method: str, layer, auto_layer: bool, progress=None) -> Iterator[dict]:
+        """Apply the pending proposal `pid` (needs the edit password): the report as soon as the
+        weights are in, then its slower rows as they are measured."""
+        chosen = "auto" if auto_layer else _whole(layer, "layer")
+        overrides = {"subject": subject, "prompt": prompt, "target_new": target_new}
+        report = self.assistant.apply_edit(caller.session, pid, password, overrides=overrides, method=method,
+                                           layer=chosen, progress=progress, address=caller.address)
+        yield {"result_md": render_report(report), "result_card": True, "card": False, "password": "",
+               "info": self.assistant.model_info(), "last_edit": report.edit.id,
+               "report_json": _public(report), "table": self.log_rows()}
+        for part in self.assistant.finish_report(report):
+            # the log table too: a Dataframe left out of a streamed update loses its rows in the browser
+            yield {"result_md": render_report(part), "report_json": _public(part), "table": self.log_rows()}
+
+    def cancel(self, caller: Caller, pid: str) -> dict:
+        """Drop the pending proposal `pid`."""
+        self.assistant.cancel_edit(caller.session, pid)
+        return {"card": False, "pid": "", "notice": "Proposal cancelled; nothing was changed."}
+
+    def keep(self) -> dict:
+        return {"result_card": False}
+
+    def revert(self, caller: Caller, edit_id, password: str) -> dict:
+        """Revert the applied edit `edit_id` (needs the edit password)."""
+        edit_id = _whole(edit_id, "edit id")
+        if edit_id is None:
+            raise PageError("Choose the id of an applied edit first.")
+        record = self.assistant.revert_edit(caller.session, edit_id, password, address=caller.address)
+        return {"notice": f"Edit {record.id} reverted: {record.subject} → {record.target_new} is undone and the "
+                          "weights are back to what they were without it.",
+                "info": self.assistant.model_info(), "table": self.log_rows(), "password": ""}
+
+    def save(self, caller: Caller, password: str) -> dict:
+        """Save the edited model as a checkpoint folder loadable with --model PATH (needs the password)."""
+        record = self.assistant.save_checkpoint(caller.session, password, address=caller.address)
+        return {"notice": f"Checkpoint saved with {len(record.edit_ids)} edit(s) in {record.seconds:.1f} s: "
+                          f"`{record.path}` (load it with `python app.py --model {record.path}`).", "password": ""}
+
+    # -- the log
+    def log_rows(self, status: str = "all", search: str = "") -> list[list]:
+        rows = []
+        for r in self.assistant.list_edits(status=status or "all", search=search or None):
+            rows.append([r.id, r.created_at.replace("T", " ").rstrip("Z"), r.status, r.subject, r.prompt,
+                         r.target_old or "", r.target_new, r.method, r.layer, r.seconds])
+        return rows
+
+    def list(self, search: str, status: str) -> dict:
+        """The edit log as rows: id, time, status, subject, prompt, old, new, method, layer, seconds."""
+        return {"table": self.log_rows(status, search)}
+
+    def detail(self, caller: Caller, edit_id) -> dict:
+        """One edit's log row (no session; the question only for the session that asked it)."""
+        edit_id = _whole(edit_id, "edit id")
+        return {"detail": None if edit_id is None else self.assistant.edit_detail(caller.session, edit_id)}
+
+    def export(self, fmt: str) -> dict:
+        """Export the edit log as CSV or JSON (no sessions, no questions)."""
+        if not isinstance(fmt, str) or fmt.lower() not in ("csv", "json"):
+            raise PageError("Choose CSV or JSON.")
+        return {"export_file": str(self.assistant.export(fmt.lower(), self.assistant.checkpoints_dir.parent / "exports"))}
+
+    def select(self, row_index, rows) -> dict:
+        """The id of the clicked row of the log table."""
+        try:
+            return {"edit_id": int(rows.iloc[row_index, 0]) if hasattr(rows, "iloc") else int(rows[row_index][0])}
+        except (IndexError, ValueError, TypeError, KeyError):
+            return {"edit_id": None}
+
+    def inspect_edit(self, edit_id) -> dict:
+        """Fill the Inspect tab from a logged edit: its prompt, subject, new target and layer."""
+        edit_id = _whole(edit_id, "edit id")
+        if edit_id is None:
+            raise PageError("Choose an edit id in the log first.")
+        record = self.assistant.edit(edit_id)
+        return {"inspect_prompt": record.prompt, "inspect_subject": record.subject,
+                "inspect_target": record.target_new, "inspect_layer": record.layer, "tab": "inspect"}
+
+    # -- inspection
+    def trace(self, prompt: str, subject: str, target: str, samples, mark_layer, progress=None) -> dict:
+        """Causal tracing heatmaps (residual, MLP, attention) of `prompt` with `subject` corrupted."""
+        path, summary = self.assistant.inspection.trace(prompt, subject, target or None,
+                                                        _whole(samples, "number of samples") or 0,
+                                                        _whole(mark_layer, "layer"), progress)
+        return {"trace_image": str(path), "trace_summary": summary}
+
+    def lens(self, prompt: str, target: str, mark_layer) -> dict:
+        """Logit lens of `prompt`: top token and P(answer), P(target) per layer, and the automatic layer."""
+        path, summary = self.assistant.inspection.lens(prompt, target or None, _whole(mark_layer, "layer"))
+        return {"lens_image": str(path), "lens_summary": summary}
+
+    def refresh(self) -> dict:
+        return {"info": self.assistant.model_info(), "table": self.log_rows()}
+
+
 def build_ui(assistant):
-    """The Gradio Blocks app. Handlers are thin: they call ``Assistant`` and map errors."""
+    """The Gradio Blocks app: the layout, and each event bound to a ``Page`` handler."""
     import functools
     import inspect
 
     import gradio as gr
 
-    from agents.assistant import InspectError
-    from agents.chat import GenerationSettings
+    from agents.inspection import InspectError
     from agents.service import EditServiceError
+    from storage.db import LogUnavailable
     from storage.passwords import PasswordError
 
-    def fail(exc: Exception):
-        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes itself
-        return gr.Error(text, print_exception=False)
-
-    meant_for_people = (EditServiceError, PasswordError, InspectError, KeyError)
+    page = Page(assistant)
+    meant_for_people = (EditServiceError, PasswordError, InspectError, PageError, LogUnavailable, KeyError)
+    components: dict[str, gr.components.Component] = {}
 
     def for_people(fn, exc: Exception) -> Exception:
         """The error a person reads: the service's own messages as they are, anything unexpected
         as its type and text (the traceback goes to the log)."""
         if isinstance(exc, meant_for_people):
-            return fail(exc)
+            text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes itself
+            return gr.Error(text, print_exception=False)
         log.exception("%s failed", fn.__name__)
         return gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}); nothing was changed. "
                         "The server log has the details.", print_exception=False)
 
+    def values(named: dict, rename: dict[str, str] | None = None) -> dict:
+        """A handler's values by name -> Gradio's values by component."""
+        out = {}
+        for name, value in named.items():
+            component = components[(rename or {}).get(name, name)]
+            if value is SKIP:
+                value = gr.skip()
+            elif name in ("card", "result_card"):
+                value = gr.update(visible=value)
+            elif name == "tab":
+                value = gr.Tabs(selected=value)
+            out[component] = value
+        return out
+
     def guarded(fn):
-        """Every handler's errors reach the person as a sentence (``for_people``)."""
+        """Every event's errors reach the person as a sentence (``for_people``)."""
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def stream(*args, **kwargs):
@@ -203,202 +382,147 @@ def build_ui(assistant):
                 raise for_people(fn, exc) from exc
         return call
 
-    def session_of(request: gr.Request | None) -> str:
-        return getattr(request, "session_hash", None) or "local"
-
-    def address_of(request: gr.Request | None) -> str | None:
+    def caller(request: gr.Request | None) -> Caller:
         client = getattr(request, "client", None)
-        return getattr(client, "host", None)
+        return Caller(getattr(request, "session_hash", None) or "local", getattr(client, "host", None))
 
-    def as_int(value, what: str) -> int | None:
-        if value in (None, ""):
-            return None
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise gr.Error(f"The {what} must be a whole number.", print_exception=False) from None
-        if not number.is_integer():
-            raise gr.Error(f"The {what} must be a whole number.", print_exception=False)
-        return int(number)
-
-    def log_rows(status: str = "all", search: str = "") -> list[list]:
-        rows = []
-        for r in assistant.list_edits(status=status, search=search or None):
-            rows.append([r.id, r.created_at.replace("T", " ").rstrip("Z"), r.status, r.subject, r.prompt,
-                         r.target_old or "", r.target_new, r.method, r.layer, r.seconds])
-        return rows
-
-    hidden, shown = gr.update(visible=False), gr.update(visible=True)
-
-    # -- chat handlers
-    @guarded
-    def chat_ui(message: str, temperature: float, max_new_tokens: int, request: gr.Request):
-        """Send a message. Yields the chat so far; a correction opens the confirmation card."""
-        tokens = as_int(max_new_tokens, "number of new tokens") or 128
-        try:
-            heat = float(temperature or 0.0)
-        except (TypeError, ValueError):
-            raise gr.Error("The temperature must be a number.", print_exception=False) from None
-        if not 1 <= tokens <= 512 or not 0.0 <= heat <= 2.0:
-            raise gr.Error("Max new tokens must be 1–512 and the temperature 0–2.", print_exception=False)
-        settings = GenerationSettings(max_new_tokens=tokens, temperature=heat)
-        session = session_of(request)
-        turn = None
-        box = ""  # clear the textbox once; later yields leave alone what the person types meanwhile
-        for turn in assistant.chat_stream(session, message, settings):
-            yield turn.history, box, turn.notice or "", None, hidden, "", "", "", "", ""
-            box = gr.skip()
-        if turn is None:
-            return
-        if turn.proposal is not None:
-            p = turn.proposal
-            yield (turn.history, box, turn.notice or "", p.model_dump(mode="json"), shown, p.id,
-                   p.proposal.subject, p.proposal.prompt, p.proposal.target_new, p.proposal.target_old or "")
-
-    @guarded
-    def clean_ui(request: gr.Request):
-        """Clear this session's chat history (the same as typing `clean`)."""
-        return [], assistant.clean(session_of(request)), None, hidden
-
-    @guarded
-    def stop_ui(request: gr.Request):
-        """Stop the answer being generated for this session."""
-        assistant.stop(session_of(request))
-
-    # -- edit handlers
-    @guarded
-    def apply_ui(pid: str, password: str, subject: str, prompt: str, target_new: str, method: str,
-                 layer: float | None, auto_layer: bool, request: gr.Request, progress=gr.Progress()):
-        """Apply the pending proposal `pid` (needs the edit password); returns the before/after report."""
-        def report(stage: str, step: int, total: int, loss: float | None):
+    def reporter(progress):
+        def report(stage: str, step: int, total: int, loss: float | None = None):
             desc = stage if loss is None else f"{stage} step {step}/{total}, loss {loss:.3f}"
             progress((step, max(total, 1)) if total else 0, desc=desc)
+        return report
 
-        overrides = {"subject": subject, "prompt": prompt, "target_new": target_new}
-        chosen = "auto" if auto_layer else as_int(layer, "layer")
-        result = assistant.apply_edit(session_of(request), pid, password, overrides=overrides, method=method,
-                                      layer=chosen, progress=report, address=address_of(request))
-        return (render_report(result), shown, hidden, "", assistant.model_info(), result.edit.id,
-                result.model_dump(mode="json"), log_rows())
+    # -- events: the Page handler, with the session, the progress bar and the components filled in
+    @guarded
+    def chat(message: str, temperature: float, max_new_tokens: int, request: gr.Request):
+        """Send a message. Yields the chat so far; a correction opens the confirmation card."""
+        for named in page.chat(caller(request), message, temperature, max_new_tokens):
+            yield values(named)
 
     @guarded
-    def cancel_ui(pid: str, request: gr.Request):
+    def clean(request: gr.Request):
+        """Clear this session's chat history (the same as typing `clean`)."""
+        return values(page.clean(caller(request)))
+
+    @guarded
+    def stop(request: gr.Request):
+        """Stop the answer being generated for this session."""
+        page.stop(caller(request))
+
+    @guarded
+    def apply(pid: str, password: str, subject: str, prompt: str, target_new: str, method: str, layer: float | None,
+              auto_layer: bool, request: gr.Request, progress=gr.Progress()):
+        """Apply the pending proposal `pid` (needs the edit password); the before/after report, its
+        slower rows streamed in as they are measured."""
+        for named in page.apply(caller(request), pid, password, subject, prompt, target_new, method, layer,
+                                auto_layer, reporter(progress)):
+            yield values(named)
+
+    @guarded
+    def cancel(pid: str, request: gr.Request):
         """Drop the pending proposal `pid`."""
-        assistant.cancel_edit(session_of(request), pid)
-        return hidden, "", "Proposal cancelled; nothing was changed."
+        return values(page.cancel(caller(request), pid))
 
     @guarded
-    def revert_ui(edit_id: float, password: str, request: gr.Request):
+    def revert_last(edit_id: float, password: str, request: gr.Request):
+        return values(page.revert(caller(request), edit_id, password), {"notice": "result_md",
+                                                                        "password": "result_password"})
+
+    @guarded
+    def save_last(password: str, request: gr.Request, progress=gr.Progress()):
+        progress(0, desc="writing the checkpoint")
+        return values(page.save(caller(request), password), {"notice": "result_md", "password": "result_password"})
+
+    @guarded
+    def revert(edit_id: float, password: str, request: gr.Request):
         """Revert the applied edit `edit_id` (needs the edit password)."""
-        edit_id = as_int(edit_id, "edit id")
-        if edit_id is None:
-            raise gr.Error("Choose the id of an applied edit first.")
-        record = assistant.revert_edit(session_of(request), edit_id, password, address=address_of(request))
-        return (f"Edit {record.id} reverted: {record.subject} → {record.target_new} is undone and the weights "
-                "are back to what they were without it.", assistant.model_info(), log_rows(), "")
+        return values(page.revert(caller(request), edit_id, password), {"notice": "log_notice",
+                                                                        "password": "log_password"})
 
     @guarded
-    def save_ui(password: str, request: gr.Request, progress=gr.Progress()):
+    def save(password: str, request: gr.Request, progress=gr.Progress()):
         """Save the edited model as a checkpoint folder loadable with --model PATH (needs the password)."""
         progress(0, desc="writing the checkpoint")
-        record = assistant.save_checkpoint(session_of(request), password, address=address_of(request))
-        return (f"Checkpoint saved with {len(record.edit_ids)} edit(s) in {record.seconds:.1f} s: `{record.path}` "
-                f"(load it with `python app.py --model {record.path}`).", "")
+        return values(page.save(caller(request), password), {"notice": "log_notice", "password": "log_password"})
 
     @guarded
-    def list_ui(search: str, status: str):
+    def list_edits(search: str, status: str):
         """The edit log as rows: id, time, status, subject, prompt, old, new, method, layer, seconds."""
-        return log_rows(status or "all", search or "")
+        return values(page.list(search, status))
 
     @guarded
-    def detail_ui(edit_id: float, request: gr.Request):
+    def detail(edit_id: float, request: gr.Request):
         """One edit's log row (no session; the question only for the session that asked it)."""
-        edit_id = as_int(edit_id, "edit id")
-        if edit_id is None:
-            return None
-        return assistant.edit_detail(session_of(request), edit_id)
+        return values(page.detail(caller(request), edit_id))
 
     @guarded
-    def export_ui(fmt: str):
+    def export(fmt: str):
         """Export the edit log as CSV or JSON (no sessions, no questions)."""
-        if not isinstance(fmt, str) or fmt.lower() not in ("csv", "json"):
-            raise gr.Error("Choose CSV or JSON.", print_exception=False)
-        return str(assistant.export(fmt.lower(), assistant.checkpoints_dir.parent / "exports"))
+        return values(page.export(fmt))
 
-    @guarded
-    def trace_ui(prompt: str, subject: str, target: str, samples: float, mark_layer: float | None,
-                 progress=gr.Progress()):
-        """Causal tracing heatmaps (residual, MLP, attention) of `prompt` with `subject` corrupted."""
-        def report(kind: str, done: int, total: int):
-            progress((done, total), desc=f"restoring {kind} states")
-
-        path, summary = assistant.trace(prompt, subject, target or None, as_int(samples, "number of samples") or 0,
-                                        as_int(mark_layer, "layer"), report)
-        return str(path), summary
-
-    @guarded
-    def lens_ui(prompt: str, target: str, mark_layer: float | None):
-        """Logit lens of `prompt`: top token and P(answer), P(target) per layer, and the automatic layer."""
-        path, summary = assistant.lens(prompt, target or None, as_int(mark_layer, "layer"))
-        return str(path), summary
-
-    @guarded
-    def inspect_edit_ui(edit_id: float):
-        """Fill the Inspect tab from a logged edit: its prompt, subject, new target and layer."""
-        edit_id = as_int(edit_id, "edit id")
-        if edit_id is None:
-            raise gr.Error("Choose an edit id in the log first.")
-        record = assistant.service.log.get(edit_id)
-        return record.prompt, record.subject, record.target_new, record.layer, gr.Tabs(selected="inspect")
-
-    def select_row(evt: gr.SelectData, rows):
+    def select(evt: gr.SelectData, rows):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        try:
-            return int(rows.iloc[row, 0]) if hasattr(rows, "iloc") else int(rows[row][0])
-        except (IndexError, ValueError, TypeError):
-            return None
+        return values(page.select(row, rows))
+
+    @guarded
+    def inspect_edit(edit_id: float):
+        """Fill the Inspect tab from a logged edit: its prompt, subject, new target and layer."""
+        return values(page.inspect_edit(edit_id))
+
+    @guarded
+    def trace(prompt: str, subject: str, target: str, samples: float, mark_layer: float | None,
+              progress=gr.Progress()):
+        """Causal tracing heatmaps (residual, MLP, attention) of `prompt` with `subject` corrupted."""
+        return values(page.trace(prompt, subject, target, samples, mark_layer,
+                                 lambda kind, done, total: progress((done, total), desc=f"restoring {kind} states")))
+
+    @guarded
+    def lens(prompt: str, target: str, mark_layer: float | None):
+        """Logit lens of `prompt`: top token and P(answer), P(target) per layer, and the automatic layer."""
+        return values(page.lens(prompt, target, mark_layer))
 
     with gr.Blocks(title="Amend") as demo:
         gr.Markdown("# Amend\nChat with a local model. When it gets a fact wrong, say so — "
                     "you confirm, and the correction is written into its weights. Type `clean` to start over.")
-        info = gr.Markdown(assistant.model_info())
-        with gr.Tabs() as tabs:
+        c = components
+        c["info"] = gr.Markdown(assistant.model_info())
+        with gr.Tabs() as c["tab"]:
             with gr.Tab("Chat", id="chat"):
-                chatbot = gr.Chatbot(height=420, label="Conversation")
+                c["chatbot"] = gr.Chatbot(height=420, label="Conversation")
                 with gr.Row():
-                    msg = gr.Textbox(placeholder="Ask something, or correct the model: “Actually, …” / “不对，…”",
-                                     show_label=False, scale=8, autofocus=True)
+                    c["msg"] = gr.Textbox(placeholder="Ask something, or correct the model: “Actually, …” / “不对，…”",
+                                          show_label=False, scale=8, autofocus=True)
                     send = gr.Button("Send", variant="primary", scale=1)
-                    stop = gr.Button("Stop", scale=1)
+                    stop_btn = gr.Button("Stop", scale=1)
                     new_chat = gr.Button("New chat", scale=1)
-                notice = gr.Markdown()
+                c["notice"] = gr.Markdown()
                 with gr.Accordion("Generation settings", open=False):
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
                     max_new_tokens = gr.Slider(16, 512, value=128, step=16, label="Max new tokens")
-                proposal_json = gr.JSON(visible=False, label="proposal")
-                with gr.Group(visible=False) as card:
+                c["proposal_json"] = gr.JSON(visible=False, label="proposal")
+                with gr.Group(visible=False) as c["card"]:
                     gr.Markdown("### Proposed edit — check it, then apply with the edit password")
-                    pid = gr.Textbox(visible=False, label="proposal id")
+                    c["pid"] = gr.Textbox(visible=False, label="proposal id")
                     with gr.Row():
-                        subject = gr.Textbox(label="Subject")
-                        prompt = gr.Textbox(label="Prompt (contains the subject)", scale=2)
-                        target_new = gr.Textbox(label="New answer")
-                        target_old = gr.Textbox(label="Current answer", interactive=False)
+                        c["subject"] = gr.Textbox(label="Subject")
+                        c["prompt"] = gr.Textbox(label="Prompt (contains the subject)", scale=2)
+                        c["target_new"] = gr.Textbox(label="New answer")
+                        c["target_old"] = gr.Textbox(label="Current answer", interactive=False)
                     with gr.Row():
-                        method = gr.Radio(["rome", "ft"], value=assistant.service.default_method, label="Method")
-                        layer = gr.Number(value=assistant.service.editor.default_layer, precision=0,
-                                          label=f"Layer (0–{assistant.service.editor.depth - 1})")
+                        method = gr.Radio(list(assistant.methods), value=assistant.default_method, label="Method")
+                        layer = gr.Number(value=assistant.default_layer, precision=0,
+                                          label=f"Layer (0–{assistant.depth - 1})")
                         auto_layer = gr.Checkbox(False, label="Choose the layer automatically (logit lens)")
-                        password = gr.Textbox(type="password", label="Edit password")
+                        c["password"] = gr.Textbox(type="password", label="Edit password")
                     with gr.Row():
                         apply_btn = gr.Button("Apply edit", variant="primary")
                         cancel_btn = gr.Button("Cancel")
-                with gr.Group(visible=False) as result_card:
-                    result_md = gr.Markdown()
-                    last_edit = gr.Number(visible=False, label="edit id")
-                    report_json = gr.JSON(visible=False, label="report")
+                with gr.Group(visible=False) as c["result_card"]:
+                    c["result_md"] = gr.Markdown()
+                    c["last_edit"] = gr.Number(visible=False, label="edit id")
+                    c["report_json"] = gr.JSON(visible=False, label="report")
                     with gr.Row():
-                        result_password = gr.Textbox(type="password", label="Edit password (to revert or save)")
+                        c["result_password"] = gr.Textbox(type="password", label="Edit password (to revert or save)")
                         keep_btn = gr.Button("Keep")
                         revert_now = gr.Button("Revert now")
                         save_now = gr.Button("Save checkpoint")
@@ -407,96 +531,115 @@ def build_ui(assistant):
                     search = gr.Textbox(label="Search subject / prompt / answers", scale=3)
                     status = gr.Dropdown(STATUSES, value="all", label="Status")
                     refresh = gr.Button("Refresh")
-                table = gr.Dataframe(headers=LOG_COLUMNS, value=log_rows(), interactive=False, wrap=True)
+                c["table"] = gr.Dataframe(headers=LOG_COLUMNS, value=page.log_rows(), interactive=False, wrap=True)
                 with gr.Row():
-                    edit_id = gr.Number(value=None, label="Edit id (click a row)", precision=0)
-                    log_password = gr.Textbox(type="password", label="Edit password")
+                    c["edit_id"] = gr.Number(value=None, label="Edit id (click a row)", precision=0)
+                    c["log_password"] = gr.Textbox(type="password", label="Edit password")
                     revert_btn = gr.Button("Revert edit")
                     save_btn = gr.Button("Save checkpoint")
                     inspect_btn = gr.Button("Inspect")
-                log_notice = gr.Markdown()
-                detail = gr.JSON(label="Edit detail")
+                c["log_notice"] = gr.Markdown()
+                c["detail"] = gr.JSON(label="Edit detail")
                 with gr.Row():
                     export_fmt = gr.Radio(["CSV", "JSON"], value="CSV", label="Export format")
                     export_btn = gr.Button("Export log")
-                    export_file = gr.File(label="Export")
+                    c["export_file"] = gr.File(label="Export")
             with gr.Tab("Inspect", id="inspect"):
                 gr.Markdown("Where does the model keep a fact? Causal tracing corrupts the subject's embeddings "
                             "and restores one state at a time (ROME's Figure 1); the logit lens decodes every "
                             "layer's last-token state.")
                 with gr.Row():
-                    inspect_prompt = gr.Textbox(label="Prompt", value="The Eiffel Tower is located in the city of",
-                                                scale=3)
-                    inspect_subject = gr.Textbox(label="Subject", value="Eiffel Tower")
-                    inspect_target = gr.Textbox(label="Target (optional)")
+                    c["inspect_prompt"] = gr.Textbox(label="Prompt", value="The Eiffel Tower is located in the city of",
+                                                     scale=3)
+                    c["inspect_subject"] = gr.Textbox(label="Subject", value="Eiffel Tower")
+                    c["inspect_target"] = gr.Textbox(label="Target (optional)")
                 with gr.Row():
                     inspect_samples = gr.Slider(1, 10, value=3, step=1, label="Noise samples")
-                    inspect_layer = gr.Number(label="Mark layer (optional)", precision=0)
+                    c["inspect_layer"] = gr.Number(label="Mark layer (optional)", precision=0)
                     trace_btn = gr.Button("Causal trace", variant="primary")
                     lens_btn = gr.Button("Logit lens")
-                trace_summary = gr.Markdown()
-                trace_image = gr.Image(label="Causal trace", type="filepath")
-                lens_summary = gr.Markdown()
-                lens_image = gr.Image(label="Logit lens", type="filepath")
+                c["trace_summary"] = gr.Markdown()
+                c["trace_image"] = gr.Image(label="Causal trace", type="filepath")
+                c["lens_summary"] = gr.Markdown()
+                c["lens_image"] = gr.Image(label="Logit lens", type="filepath")
 
-        chat_outputs = [chatbot, msg, notice, proposal_json, card, pid, subject, prompt, target_new, target_old]
+        def out(*names: str) -> list:
+            return [c[n] for n in names]
+
+        chat_out = out("chatbot", "msg", "notice", "proposal_json", "card", "pid", "subject", "prompt", "target_new",
+                       "target_old")
+        card_fields = out("pid", "password", "subject", "prompt", "target_new") + [method, layer, auto_layer]
         # a message sent while an answer streams runs right after it instead of being dropped
-        send.click(chat_ui, [msg, temperature, max_new_tokens], chat_outputs, api_name="chat",
-                   trigger_mode="always_last")
-        msg.submit(chat_ui, [msg, temperature, max_new_tokens], chat_outputs, api_name="chat_submit",
-                   api_visibility="private", trigger_mode="always_last")
-        stop.click(stop_ui, None, None, api_name="stop", queue=False)
-        new_chat.click(clean_ui, None, [chatbot, notice, proposal_json, card], api_name="clean")
-        apply_btn.click(apply_ui, [pid, password, subject, prompt, target_new, method, layer, auto_layer],
-                        [result_md, result_card, card, password, info, last_edit, report_json, table],
-                        api_name="apply_edit")
-        cancel_btn.click(cancel_ui, [pid], [card, pid, notice], api_name="cancel_edit")
-        keep_btn.click(lambda: hidden, None, [result_card], api_name="keep_edit", api_visibility="private")
-        revert_now.click(revert_ui, [last_edit, result_password], [result_md, info, table, result_password],
-                         api_name="revert_last", api_visibility="private")
-        save_now.click(save_ui, [result_password], [result_md, result_password], api_name="save_last",
+        send.click(chat, [c["msg"], temperature, max_new_tokens], chat_out, api_name="chat", trigger_mode="always_last")
+        c["msg"].submit(chat, [c["msg"], temperature, max_new_tokens], chat_out, api_name="chat_submit",
+                        api_visibility="private", trigger_mode="always_last")
+        stop_btn.click(stop, None, None, api_name="stop", queue=False)
+        new_chat.click(clean, None, out("chatbot", "notice", "proposal_json", "card"), api_name="clean")
+        apply_btn.click(apply, card_fields, out("result_md", "result_card", "card", "password", "info", "last_edit",
+                                                "report_json", "table"), api_name="apply_edit")
+        cancel_btn.click(cancel, [c["pid"]], out("card", "pid", "notice"), api_name="cancel_edit")
+        keep_btn.click(lambda: values(page.keep()), None, out("result_card"), api_name="keep_edit",
                        api_visibility="private")
-        refresh.click(list_ui, [search, status], [table], api_name="list_edits")
-        search.submit(list_ui, [search, status], [table], api_name="search_edits", api_visibility="private")
-        status.change(list_ui, [search, status], [table], api_name="filter_edits", api_visibility="private")
-        table.select(select_row, [table], [edit_id], api_name="select_edit", api_visibility="private")
-        edit_id.change(detail_ui, [edit_id], [detail], api_name="edit_detail")
-        revert_btn.click(revert_ui, [edit_id, log_password], [log_notice, info, table, log_password],
+        revert_now.click(revert_last, out("last_edit", "result_password"),
+                         out("result_md", "info", "table", "result_password"), api_name="revert_last",
+                         api_visibility="private")
+        save_now.click(save_last, out("result_password"), out("result_md", "result_password"), api_name="save_last",
+                       api_visibility="private")
+        refresh.click(list_edits, [search, status], out("table"), api_name="list_edits")
+        search.submit(list_edits, [search, status], out("table"), api_name="search_edits", api_visibility="private")
+        status.change(list_edits, [search, status], out("table"), api_name="filter_edits", api_visibility="private")
+        c["table"].select(select, out("table"), out("edit_id"), api_name="select_edit", api_visibility="private")
+        c["edit_id"].change(detail, out("edit_id"), out("detail"), api_name="edit_detail")
+        revert_btn.click(revert, out("edit_id", "log_password"), out("log_notice", "info", "table", "log_password"),
                          api_name="revert_edit")
-        save_btn.click(save_ui, [log_password], [log_notice, log_password], api_name="save_checkpoint")
-        export_btn.click(export_ui, [export_fmt], [export_file], api_name="export_edits")
-        inspect_btn.click(inspect_edit_ui, [edit_id], [inspect_prompt, inspect_subject, inspect_target, inspect_layer,
-                                                       tabs], api_name="inspect_edit", api_visibility="private")
-        trace_btn.click(trace_ui, [inspect_prompt, inspect_subject, inspect_target, inspect_samples, inspect_layer],
-                        [trace_image, trace_summary], api_name="trace")
-        lens_btn.click(lens_ui, [inspect_prompt, inspect_target, inspect_layer], [lens_image, lens_summary],
+        save_btn.click(save, out("log_password"), out("log_notice", "log_password"), api_name="save_checkpoint")
+        export_btn.click(export, [export_fmt], out("export_file"), api_name="export_edits")
+        inspect_btn.click(inspect_edit, out("edit_id"), out("inspect_prompt", "inspect_subject", "inspect_target",
+                                                            "inspect_layer", "tab"),
+                          api_name="inspect_edit", api_visibility="private")
+        trace_btn.click(trace, out("inspect_prompt", "inspect_subject", "inspect_target") + [inspect_samples,
+                                                                                               c["inspect_layer"]],
+                        out("trace_image", "trace_summary"), api_name="trace")
+        lens_btn.click(lens, out("inspect_prompt", "inspect_target", "inspect_layer"), out("lens_image", "lens_summary"),
                        api_name="logit_lens")
-        demo.load(lambda: (assistant.model_info(), log_rows()), None, [info, table], api_name="refresh",
+        demo.load(lambda: values(page.refresh()), None, out("info", "table"), api_name="refresh",
                   api_visibility="private")
     return demo
 
 
-def render_report(result) -> str:
-    b, a = result.before, result.after
-    rows = [
-        ("P(new answer)", f"{b.target_prob:.1%}", f"{a.target_prob:.1%}"),
-    ]
-    if b.old_prob is not None:
-        rows.append(("P(old answer)", f"{b.old_prob:.1%}", f"{a.old_prob:.1%}"))
-    rows += [
-        ("Completion of the prompt", b.completion, a.completion),
-        ("Chat answer", b.chat_answer, a.chat_answer),
-    ]
-    rows += [(f"Unrelated: {p}", b.unrelated[p], a.unrelated.get(p, "")) for p in b.unrelated]
-    table = "\n".join(f"| {k} | {_cell(x)} | {_cell(y)} |" for k, x, y in rows)
-    e = result.edit
+def render_report(report) -> str:
+    """The result card: what the edit did, before and after; rows still being measured say so."""
     from runtime.language import language_of
 
+    b, a = report.before, report.after
+    pending = "… (measuring)"
+    rows = [("P(new answer)", f"{b.target_prob:.1%}", f"{a.target_prob:.1%}")]
+    if b.old_prob is not None and a.old_prob is not None:
+        rows.append(("P(old answer)", f"{b.old_prob:.1%}", f"{a.old_prob:.1%}"))
+    rows += [
+        ("Completion of the prompt", b.completion or "", a.completion if a.completion is not None else pending),
+        ("Chat answer", b.chat_answer or "", a.chat_answer if a.chat_answer is not None else pending),
+    ]
+    rows += [(f"Unrelated: {p}", b.unrelated[p], a.unrelated.get(p, pending if not a.complete else ""))
+             for p in b.unrelated]
+    table = "\n".join(f"| {k} | {_cell(x)} | {_cell(y)} |" for k, x, y in rows)
+    e = report.edit
     zh = language_of(e.prompt) == "zh"
-    headline = "修改成功！是否保存修改？" if zh else "Edit applied. Keep it, revert it, or save a checkpoint?"
+    if report.lands:
+        headline = "修改成功！是否保存修改？" if zh else "Edit applied. Keep it, revert it, or save a checkpoint?"
+    else:
+        headline = (f"已修改权重，但模型还没有给出新答案（P = {a.target_prob:.1%}）：可以换一层再试，或撤销。" if zh else
+                    f"Edit applied, but the model does not give the new answer yet (P(new) = {a.target_prob:.1%}): "
+                    "try another layer or method, or revert it.")
+    note = f"\n\n_{a.note}_" if a.note else ""
     return (f"### {headline}\nEdit **#{e.id}**: {e.subject} — “{e.prompt}” → **{e.target_new}** "
-            f"({result.method.upper()}, layer {result.layer}, {result.seconds:.1f} s)\n\n"
-            f"| | before | after |\n|---|---|---|\n{table}")
+            f"({report.method.upper()}, layer {report.layer}, {report.seconds:.1f} s)\n\n"
+            f"| | before | after |\n|---|---|---|\n{table}{note}")
+
+
+def _public(report) -> dict:
+    """The report as the page and the API return it: the edit's row without its session."""
+    return report.model_dump(mode="json", exclude={"edit": {"session"}})
 
 
 def _cell(text: str) -> str:

@@ -1,6 +1,8 @@
 """The product's front desk: everything a browser session can ask for, without Gradio.
 
 ``app.py`` turns these methods into UI events and API endpoints; tests call them directly.
+The page talks to this facade only (and to its ``inspection`` service): never to the editor,
+the loaded model or the lock behind them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import io
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,10 @@ from agents.chat import (
     is_clean_command,
     language_of,
 )
+from agents.inspection import InspectionService
 from agents.intent import IntentAgent
 from agents.proposal import EditProposal
-from agents.service import EditReport, EditService
+from agents.service import METHODS, EditReport, EditService
 from storage.records import CheckpointRecord, EditRecord
 
 log = logging.getLogger(__name__)
@@ -38,15 +40,6 @@ CLEARED_NOTICE = {"en": "Chat history cleared. The next answer comes from the mo
 EMPTY_NOTICE = "Type a message first (an empty message is ignored)."
 TOO_LONG_NOTICE = ("Your message has {n:,} characters; at most {limit:,} are read. Shorten it, or send the question "
                    "on its own.")
-
-
-MAX_TRACE_SAMPLES = 10
-MAX_TRACE_TOKENS = 64
-MAX_LENS_TOKENS = 256
-
-
-class InspectError(ValueError):
-    """Bad input to the Inspect tab; the message is meant for the person."""
 
 
 class ProposalView(BaseModel):
@@ -74,10 +67,28 @@ class Assistant:
         self.sessions = sessions or SessionStore()
         self.replay_problems = replay_problems or []
         self.background = list(background)  # start-up work (statistics, context prefixes) still running
+        self.inspection = InspectionService(service.loaded, service.editor, service.lock,
+                                            service.checkpoints_dir.parent / "inspect")
 
     @property
     def checkpoints_dir(self) -> Path:
         return self.service.checkpoints_dir
+
+    # -- what the page shows of the model ---------------------------------------------------------
+
+    methods = METHODS
+
+    @property
+    def default_method(self) -> str:
+        return self.service.default_method
+
+    @property
+    def default_layer(self) -> int:
+        return self.service.editor.default_layer
+
+    @property
+    def depth(self) -> int:
+        return self.service.editor.depth
 
     # -- chat -----------------------------------------------------------------------------
 
@@ -128,6 +139,7 @@ class Assistant:
         """Stop every generation and wait for the start-up work: a thread still inside the model
         when the interpreter exits aborts the process."""
         self.stop_all()
+        self.service.close()
         for thread in self.background:
             thread.join()
 
@@ -140,8 +152,7 @@ class Assistant:
 
     def _register(self, session: str, proposal: EditProposal) -> ProposalView:
         pid = self.service.register(session, proposal)
-        return ProposalView(id=pid, proposal=proposal, method=self.service.default_method,
-                            layer=self.service.editor.default_layer)
+        return ProposalView(id=pid, proposal=proposal, method=self.default_method, layer=self.default_layer)
 
     # -- edits ------------------------------------------------------------------------------
 
@@ -151,6 +162,10 @@ class Assistant:
         return self.service.apply(session, pid, password, overrides=overrides, method=method, layer=layer,
                                   progress=progress, address=address)
 
+    def finish_report(self, report: EditReport) -> Iterator[EditReport]:
+        """The rest of an applied edit's "after" column, piece by piece (``EditService.finish``)."""
+        return self.service.finish(report)
+
     def cancel_edit(self, session: str, pid: str) -> None:
         self.service.cancel(session, pid)
 
@@ -159,6 +174,10 @@ class Assistant:
 
     def list_edits(self, status: str | None = None, search: str | None = None) -> list[EditRecord]:
         return self.service.log.edits(status=status, search=search)
+
+    def edit(self, edit_id: int) -> EditRecord:
+        """One edit's row (raises ``KeyError`` for an unknown id)."""
+        return self.service.log.get(edit_id)
 
     def edit_detail(self, session: str, edit_id: int) -> dict:
         """One edit's row as ``session`` may see it: never a session, the question only to the
@@ -185,63 +204,6 @@ class Assistant:
                 writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v for k, v in row.items()})
             path.write_text(buffer.getvalue(), encoding="utf-8")
         return path
-
-    # -- inspect ----------------------------------------------------------------------------
-
-    def _inspect_path(self, name: str) -> Path:
-        folder = self.checkpoints_dir.parent / "inspect"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{name}-{int(time.time() * 1000)}.png"
-
-    def trace(self, prompt: str, subject: str, target: str | None = None, samples: int = 3,
-              mark_layer: int | None = None, progress=None) -> tuple[Path, str]:
-        """Causal-tracing heatmaps of ``prompt`` (PNG) and a one-paragraph reading of them."""
-        from editing.inspection.plots import plot_trace, save
-        from editing.inspection.tracing import causal_trace
-
-        if not prompt.strip() or not subject.strip() or subject not in prompt:
-            raise InspectError("Give a prompt and a subject that occurs in it.")
-        if not 1 <= samples <= MAX_TRACE_SAMPLES:
-            raise InspectError(f"Noise samples must be between 1 and {MAX_TRACE_SAMPLES}.")
-        self._check_length(prompt, MAX_TRACE_TOKENS, "A causal trace")
-        loaded = self.service.loaded
-        with self.service.lock.read():
-            result = causal_trace(loaded.model, loaded.tokenizer, prompt, subject, target or None,
-                                  samples=samples, progress=progress, checks=self.service.editor.checks)
-        path = self._inspect_path("trace")
-        save(plot_trace(result, mark_layer), path)
-        effect = result.effect("mlp")
-        start, end = result.subject_range
-        token, layer = divmod(int(effect[start:end].argmax()), effect.shape[1])
-        summary = (f"Answer {result.answer.strip()!r}: P_clean = {result.p_clean:.3f}, P_corrupted = "
-                   f"{result.p_corrupted:.3f}. The strongest MLP effect inside the subject is at token "
-                   f"{result.tokens[start + token]!r}, layer {layer} (indirect effect {effect[start + token, layer]:.3f}).")
-        return path, summary
-
-    def lens(self, prompt: str, target: str | None = None, mark_layer: int | None = None) -> tuple[Path, str]:
-        """Logit lens of ``prompt`` (PNG) and the automatic layer choice it implies."""
-        from editing.inspection.lens import choose_layer, logit_lens
-        from editing.inspection.plots import plot_lens, save
-
-        if not prompt.strip():
-            raise InspectError("Give a prompt.")
-        self._check_length(prompt, MAX_LENS_TOKENS, "The logit lens")
-        loaded = self.service.loaded
-        with self.service.lock.read():
-            result = logit_lens(loaded.model, loaded.tokenizer, prompt, target or None, spec=self.service.editor.spec)
-        auto = choose_layer(result, self.service.editor.default_layer)
-        path = self._inspect_path("lens")
-        save(plot_lens(result, mark_layer if mark_layer is not None else auto), path)
-        summary = (f"Top token per layer: {' · '.join(t.strip() or '␣' for t in result.top_tokens)}. "
-                   f"Automatic layer choice (thesis Algorithm 2): **{auto}**; the model's default edit layer is "
-                   f"{self.service.editor.default_layer}.")
-        return path, summary
-
-    def _check_length(self, prompt: str, limit: int, what: str) -> None:
-        # a trace runs tokens × samples rows per layer: its cost grows with the square of the prompt
-        n = len(self.service.loaded.tokenizer(prompt[: 20 * limit], add_special_tokens=False).input_ids)
-        if n > limit:
-            raise InspectError(f"{what} takes prompts of at most {limit} tokens; this one has more.")
 
     def model_info(self) -> str:
         loaded = self.service.loaded

@@ -5,6 +5,12 @@ addressed by a one-time id) + the edit password -> a logged, applied, reversible
 The log row is written ``pending`` before the weights change and ``applied`` after; on any
 failure the weights are restored and the row marked ``failed``, so the model and the log
 never disagree.
+
+A person waits seconds, not tens of seconds, after Apply: the card's "before" column is
+measured in the background while the card is on screen (``register``), Apply returns once the
+weights are in with P(new)/P(old) before and after, and the slow part of the "after" column
+(completion, chat answer, unrelated probes) is measured by ``finish``, outside the edit mutex
+and the write lock, and streamed into the card.
 """
 
 from __future__ import annotations
@@ -14,23 +20,24 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from agents.chat import ChatAgent, GenerationSettings
+from agents.chat import ChatAgent
 from agents.faults import pause_point
 from agents.locks import RWLock
+from agents.probes import Probe, Prober
 from agents.proposal import EditProposal
 from editing.delta import DeltaStack, WeightDelta
 from editing.engine import Editor
 from editing.errors import DeltaMismatch, EditingError
 from editing.fingerprint import weights_checksum
 from editing.hparams import hparams_for
-from editing.machinery.probe import greedy_completion, target_logprobs
 from editing.request import EditRequest
 from runtime.loader import LoadedModel, remove_unfinished, save_checkpoint
 from storage.db import EditLog, LogUnavailable
@@ -44,12 +51,6 @@ PROPOSAL_TTL_S = 3600
 MAX_PENDING = 1000  # proposals held at once, over all sessions (the oldest go first)
 OVERRIDABLE = ("subject", "prompt", "target_new", "target_old", "question")
 METHODS = ("rome", "ft")
-
-UNRELATED_PROBES = {
-    "en": ["The capital of Japan is", "The author of Hamlet is", "Water is made of hydrogen and"],
-    "zh": ["日本的首都是", "《哈姆雷特》的作者是", "水是由氢和"],
-}
-
 
 class EditServiceError(Exception):
     """An edit could not be done; the message is meant for the person."""
@@ -66,23 +67,26 @@ class Pending:
     session: str
     proposal: EditProposal
     created: float = field(default_factory=time.time)
-
-
-class Probe(BaseModel):
-    target_prob: float
-    old_prob: float | None = None
-    completion: str
-    chat_answer: str
-    unrelated: dict[str, str]
+    # the "before" column, measured in the background while the card is on screen, and what
+    # it was measured for: the request's fields and the weights (``DeltaStack.version``)
+    before: Future | None = None
+    before_for: tuple | None = None
 
 
 class EditReport(BaseModel):
     edit: EditRecord
     before: Probe
-    after: Probe
-    seconds: float
+    after: Probe  # the scores first; ``EditService.finish`` fills in the rest
+    seconds: float  # from Apply to the weights being in, with the scores after
     layer: int
     method: str
+    weights_version: int  # the weights the report describes
+
+    @property
+    def lands(self) -> bool:
+        """Whether the edited model now gives the new answer after the prompt (each of its
+        tokens the top choice): an edit that did not is applied, and the card says so."""
+        return self.after.predicted
 
 
 class EditService:
@@ -106,6 +110,10 @@ class EditService:
         self.lock = lock or RWLock()
         self.chat = chat or ChatAgent(loaded, self.lock)
         self.stack = DeltaStack(loaded.model)
+        self.prober = Prober(loaded, self.lock, self.chat)
+        # one background worker measures "before" columns: proposals wait their turn rather than
+        # each taking the cores from chat
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="before-probe")
         self.default_method = default_method
         for method, overrides in (hparams or {}).items():  # a bad setting fails at start, not at an edit
             hparams_for(method, overrides)
@@ -117,16 +125,32 @@ class EditService:
     # -- proposals ------------------------------------------------------------------------
 
     def register(self, session: str, proposal: EditProposal) -> str:
-        """Keep a proposal server-side; the client only ever holds its one-time id."""
+        """Keep a proposal server-side; the client only ever holds its one-time id.  Its
+        "before" column starts being measured in the background at once."""
         now = time.time()
         pid = secrets.token_urlsafe(12)
+        pending = Pending(pid, session, proposal)
+        try:
+            request, _ = self._validated(proposal, {})
+        except EditServiceError:
+            request = None  # Apply will say what is wrong with it
+        if request is not None:
+            pending.before_for = self._before_key(request, proposal.target_old)
+            pending.before = self._background.submit(self.prober.full, request, proposal.target_old)
         with self._pending_lock:
             for old in [p for p, v in self._pending.items() if now - v.created > PROPOSAL_TTL_S]:
-                self._pending.pop(old, None)
+                expired = self._pending.pop(old)
+                if expired.before is not None:
+                    expired.before.cancel()
             while len(self._pending) >= MAX_PENDING:  # insertion order: the oldest first
-                self._pending.pop(next(iter(self._pending)))
-            self._pending[pid] = Pending(pid, session, proposal)
+                dropped = self._pending.pop(next(iter(self._pending)))
+                if dropped.before is not None:
+                    dropped.before.cancel()
+            self._pending[pid] = pending
         return pid
+
+    def _before_key(self, request: EditRequest, target_old: str | None) -> tuple:
+        return (request.model_dump_json(), target_old, self.stack.version)
 
     def pending(self, session: str, pid: str) -> EditProposal:
         item = self._pending.get(pid) if isinstance(pid, str) else None
@@ -134,36 +158,23 @@ class EditService:
             raise UnknownProposal()
         return item.proposal
 
-    def _take(self, session: str, pid: str) -> EditProposal:
+    def close(self) -> None:
+        """Drop the "before" measurements still queued and wait for the one running."""
+        self._background.shutdown(wait=True, cancel_futures=True)
+
+    def _take(self, session: str, pid: str) -> Pending:
         """Remove and return a session's proposal: of two Applies with one id, one gets it."""
         with self._pending_lock:
             item = self._pending.get(pid) if isinstance(pid, str) else None
             if item is None or item.session != session:
                 raise UnknownProposal()
             del self._pending[pid]
-        return item.proposal
+        return item
 
     def cancel(self, session: str, pid: str) -> None:
-        self._take(session, pid)
-
-    # -- probing --------------------------------------------------------------------------
-
-    def probe(self, request: EditRequest, target_old: str | None) -> Probe:
-        model, tok = self.loaded.model, self.loaded.tokenizer
-        with self.lock.read():
-            targets = [request.target_new] + ([target_old] if target_old else [])
-            scores = target_logprobs(model, tok, [request.text] * len(targets), targets)
-            completion = greedy_completion(model, tok, request.text, 8).strip()
-            unrelated = {p: greedy_completion(model, tok, p, 5).strip() for p in UNRELATED_PROBES[request.language]}
-        question = request.question or request.text
-        chat_answer = self.chat.answer([], question, GenerationSettings(max_new_tokens=48))
-        return Probe(
-            target_prob=scores[0].prob,
-            old_prob=scores[1].prob if target_old else None,
-            completion=completion,
-            chat_answer=chat_answer,
-            unrelated=unrelated,
-        )
+        pending = self._take(session, pid)
+        if pending.before is not None:
+            pending.before.cancel()
 
     # -- the mutating step ------------------------------------------------------------------
 
@@ -195,9 +206,9 @@ class EditService:
                 layer = self.editor.resolve_layer(layer, request)
         except (EditingError, ValueError) as exc:
             raise EditServiceError(f"The edit is not valid: {_short(exc)}") from exc
-        self._take(session, pid)  # one-time from here on: of two Applies with this id, one goes ahead
+        pending = self._take(session, pid)  # one-time from here on: of two Applies with this id, one goes ahead
         with self._edit_mutex:
-            return self._apply(session, proposal, request, method, layer, progress)
+            return self._apply(session, proposal, request, method, layer, progress, pending)
 
     def _check_password(self, password: str, session: str, action: str, address: str | None) -> None:
         if not isinstance(password, str):
@@ -229,12 +240,24 @@ class EditService:
             raise EditServiceError(f"The edit is not valid: {_short(exc)}") from exc
         return request, proposal
 
+    def _before(self, pending: Pending, request: EditRequest, target_old: str | None) -> Probe:
+        """The "before" column: the background measurement when it is of this request on these
+        weights, else measured now (the person changed a field, or another edit landed)."""
+        if pending.before is not None and pending.before_for == self._before_key(request, target_old):
+            try:
+                return pending.before.result()
+            except Exception:  # noqa: BLE001 - measured again below, where an error is reported
+                log.exception("the background before-probe failed")
+        elif pending.before is not None:
+            pending.before.cancel()
+        return self.prober.full(request, target_old)
+
     def _apply(self, session: str, proposal: EditProposal, request: EditRequest, method: str, layer: int,
-               progress: ProgressFn | None) -> EditReport:
-        start = time.perf_counter()
+               progress: ProgressFn | None, pending: Pending) -> EditReport:
         report = progress or (lambda *a: None)
         report("checking the model's current answer", 0, 1, None)
-        before = self.probe(request, proposal.target_old)
+        before = self._before(pending, request, proposal.target_old)
+        start = time.perf_counter()
         try:
             record = self.log.add_pending(
                 session=session, subject=request.subject, prompt=request.text, question=request.question,
@@ -257,7 +280,7 @@ class EditService:
                 self.stack.apply(delta)
                 applied = True
             report("checking the edited model", 1, 1, None)
-            after = self.probe(request, proposal.target_old)
+            after = self.prober.scores(request, proposal.target_old)
             seconds = time.perf_counter() - start
             record = self.log.transition(
                 record.id, "applied", delta_id=delta.id, delta_path=str(path), delta_sha256=digest,
@@ -282,7 +305,30 @@ class EditService:
             raise
         log.info("edit %d applied: %s -> %s (%s, layer %d, %.1f s)", record.id, record.subject, record.target_new,
                  method, layer, seconds)
-        return EditReport(edit=record, before=before, after=after, seconds=seconds, layer=layer, method=method)
+        return EditReport(edit=record, before=before, after=after, seconds=seconds, layer=layer, method=method,
+                          weights_version=self.stack.version)
+
+    def finish(self, report: EditReport) -> Iterator[EditReport]:
+        """The slow part of the "after" column, one piece at a time, each yielded as the report
+        so far; then logged with the edit.  Runs without the edit mutex or the write lock; if
+        another edit or revert changes the weights meanwhile, it stops and says so."""
+        record = report.edit
+        request = EditRequest(prompt=record.prompt, subject=record.subject, target_new=record.target_new,
+                              target_true=record.target_old, question=record.question)
+        after = report.after
+        for after in self.prober.rest(request, report.after):
+            if self.stack.version != report.weights_version:
+                after = after.model_copy(update={"note": "another edit changed the weights before this report was "
+                                                         "finished; the rest was not measured"})
+                break
+            report = report.model_copy(update={"after": after})
+            yield report
+        try:
+            edit = self.log.annotate(record.id, after=after.model_dump())
+        except (LogUnavailable, KeyError):
+            log.exception("the after-probe of edit %d could not be logged", record.id)
+            edit = report.edit
+        yield report.model_copy(update={"after": after, "edit": edit})
 
     def _weights_info(self) -> dict:
         return {"weights": weights_checksum(self.loaded.model)}

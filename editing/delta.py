@@ -156,6 +156,7 @@ class DeltaStack:
         self.model = model
         self._originals: dict[str, torch.Tensor] = {}  # W₀, cloned on first touch
         self._applied: dict[str, WeightDelta] = {}  # id -> delta, in application order
+        self.version = 0  # counts changes of the weights: what was measured on version n is of those weights
 
     @property
     def applied(self) -> list[WeightDelta]:
@@ -180,6 +181,7 @@ class DeltaStack:
         # the weights are a function of which deltas are applied (W₀ + Σ Δᵢ, recomputed from
         # W₀): caches of model outputs (``editing.machinery.suffix.PrefixCache``) key on this
         self.model._amend_weights_state = tuple(self._applied)
+        self.version += 1
         with torch.no_grad():
             if not deltas:
                 param.copy_(original)
@@ -218,6 +220,4 @@ class DeltaStack:
         for delta_id in list(self._applied)[::-1]:
             self.revert(delta_id)
 
-    def original(self, name: str) -> torch.Tensor:
-        """W₀ of a parameter (the current value if no delta ever touched it)."""
-        return self._originals.get(name, self._param(name).detach())
+

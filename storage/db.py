@@ -206,6 +206,15 @@ class EditLog:
             db["edits"].update(edit_id, update)
         return self.get(edit_id)
 
+    def annotate(self, edit_id: int, **fields: Any) -> EditRecord:
+        """Set ``fields`` of an edit without changing its status (the card's "after" column,
+        measured once the edit is in)."""
+        with self.transaction() as db:
+            db["edits"].get(edit_id)  # raises NotFoundError for an unknown id
+            db["edits"].update(edit_id, {k: json.dumps(v, ensure_ascii=False, default=str) if k in JSON_COLUMNS else v
+                                         for k, v in fields.items()})
+        return self.get(edit_id)
+
     def edits(self, status: str | None = None, search: str | None = None, limit: int = 1000) -> list[EditRecord]:
         where, args = [], {}
         if status and status != "all":

@@ -143,6 +143,7 @@ def test_no_endpoint_gives_away_a_session_or_its_messages(served, smollm2, caplo
                             False, api_name="/apply_edit")
     edit_id = next(x for x in result if isinstance(x, dict) and "edit" in x)["edit"]["id"]
     stored = assistant.service.log.get(edit_id)
+    assert stored.session not in str(result)  # not even the pseudonym comes back
     assert stored.question == question  # the question the correction answered is kept, for the victim
 
     seen = [stranger.predict("", "all", api_name="/list_edits"), stranger.predict(edit_id, api_name="/edit_detail")]

@@ -16,8 +16,9 @@ from pydantic import ValidationError
 from test_service import PROPOSAL
 from tests_support import PASSWORD, make_assistant
 
-from agents.assistant import EMPTY_NOTICE, InspectError
+from agents.assistant import EMPTY_NOTICE
 from agents.chat import MAX_MESSAGE_CHARS, GenerationSettings
+from agents.inspection import InspectError
 from agents.service import EditService, EditServiceError, UnknownProposal
 from editing.errors import EditingError
 from editing.fingerprint import weights_checksum
@@ -31,6 +32,7 @@ SHORT = GenerationSettings(max_new_tokens=4)
 def assistant(smollm2, tmp_path):
     a = make_assistant(smollm2, tmp_path)
     yield a
+    a.service.close()
     a.service.stack.revert_all()
 
 
@@ -70,7 +72,9 @@ def test_a_cleared_field_is_refused_not_dropped(assistant, field):
 
 @pytest.mark.parametrize("layer", [999, -1, 30])
 def test_a_bad_layer_is_refused_before_any_probe(assistant, layer, monkeypatch):
-    monkeypatch.setattr(EditService, "probe", lambda *a: pytest.fail("probed before validating the layer"))
+    """Refused at once: Apply does not wait for the "before" column (measured in the background
+    since the card appeared) nor measure one."""
+    monkeypatch.setattr(EditService, "_before", lambda *a: pytest.fail("probed before validating the layer"))
     refused_apply(assistant, "outside 0..29", layer=layer)
 
 
@@ -193,11 +197,11 @@ def test_a_full_disk_while_saving_a_delta_or_a_checkpoint(assistant, smollm2, tm
 
 def test_inspect_refuses_what_it_cannot_do(assistant):
     with pytest.raises(InspectError, match="between 1 and 10"):
-        assistant.trace("The Eiffel Tower is in", "Eiffel Tower", samples=0)
+        assistant.inspection.trace("The Eiffel Tower is in", "Eiffel Tower", samples=0)
     with pytest.raises(InspectError, match="at most 64 tokens"):
-        assistant.trace("The Eiffel Tower " * 40, "Eiffel Tower")
+        assistant.inspection.trace("The Eiffel Tower " * 40, "Eiffel Tower")
     with pytest.raises(InspectError, match="at most 256 tokens"):
-        assistant.lens("word " * 300)
+        assistant.inspection.lens("word " * 300)
 
 
 # -- requests in any script, and any input at all ---------------------------------------------

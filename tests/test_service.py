@@ -29,6 +29,7 @@ def checksum(model) -> str:
 def assistant(smollm2, tmp_path):
     a = make_assistant(smollm2, tmp_path)
     yield a
+    a.service.close()
     a.service.stack.revert_all()
 
 
@@ -60,9 +61,13 @@ def test_apply_revert_replay_checkpoint(assistant, smollm2, tmp_path):
     assert {"optimising", "writing weights"} <= set(stages)
     edit = report.edit
     assert edit.status == "applied" and edit.delta_sha256 and edit.layer == smollm2.profile.default_edit_layer
-    assert report.after.target_prob > 0.5 > report.before.target_prob
-    assert report.after.completion.startswith("Rome")
-    assert "Rome" in report.after.chat_answer
+    assert report.after.target_prob > 0.5 > report.before.target_prob and report.lands
+    assert report.before.complete and report.after.completion is None  # the rest follows
+    parts = list(assistant.finish_report(report))
+    assert [p.after.completion is not None for p in parts][:1] == [True] and parts[-1].after.complete
+    final = parts[-1]
+    assert final.after.completion.startswith("Rome") and "Rome" in final.after.chat_answer
+    assert assistant.service.log.get(edit.id).after["chat_answer"] == final.after.chat_answer  # logged
     edited = checksum(model)
     assert edited != original
     with pytest.raises(UnknownProposal):  # the id was used up
@@ -108,6 +113,33 @@ def test_failure_after_pending_restores_weights(assistant, smollm2, monkeypatch)
     assert checksum(smollm2.model) == original, "a delta that cannot be logged is rolled back"
     [row] = assistant.list_edits()
     assert row.status == "failed" and "disk full" in row.error
+
+
+def test_an_edit_that_does_not_land_says_so(assistant):
+    """One optimisation step cannot make the Eiffel Tower "Berlin": the edit is applied (the person
+    may keep it), but the report says the model does not give the new answer yet."""
+    pid = assistant.service.register("s", PROPOSAL.model_copy(update={"target_new": "Berlin"}))
+    assistant.service.hparams = {"rome": {"v_steps": 1}}
+    report = assistant.apply_edit("s", pid, PASSWORD)
+    assert report.edit.status == "applied" and not report.lands
+    from app import render_report
+
+    assert "does not give the new answer yet" in render_report(report)
+
+
+def test_the_before_column_is_measured_while_the_card_is_on_screen(assistant, monkeypatch):
+    """Registering a proposal starts its "before" probe; Apply uses it unless a field changed."""
+    pid = assistant.service.register("s", PROPOSAL)
+    pending = assistant.service._pending[pid]
+    before = pending.before.result(timeout=300)
+    calls = []
+    monkeypatch.setattr(assistant.service.prober, "full", lambda *a: calls.append(a) or before)
+    report = assistant.apply_edit("s", pid, PASSWORD)
+    assert report.before == before and calls == []  # nothing measured again
+    assistant.service.stack.revert_all()
+    pid = assistant.service.register("s", PROPOSAL)
+    assistant.apply_edit("s", pid, PASSWORD, overrides={"target_new": "Madrid"})
+    assert [c[0].target_new for c in calls].count("Madrid") == 1  # a changed field: measured again
 
 
 def test_tampered_delta_is_refused_on_replay(assistant, smollm2, tmp_path):

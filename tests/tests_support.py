@@ -57,6 +57,7 @@ def served_app(assistant: Assistant, *, auth: Callable[[str, str], bool] | None 
     finally:
         assistant.stop_all()  # an answer still streaming must not outlive the test
         demo.close()
+        assistant.service.close()
         assistant.service.stack.revert_all()
 
 
