@@ -78,6 +78,7 @@ class EditReport(BaseModel):
     before: Probe
     after: Probe  # the scores first; ``EditService.finish`` fills in the rest
     seconds: float  # from Apply to the weights being in, with the scores after
+    engine_seconds: float = 0.0  # of which computing the delta (``Editor.compute``)
     layer: int
     method: str
     weights_version: int  # the weights the report describes
@@ -306,7 +307,7 @@ class EditService:
         log.info("edit %d applied: %s -> %s (%s, layer %d, %.1f s)", record.id, record.subject, record.target_new,
                  method, layer, seconds)
         return EditReport(edit=record, before=before, after=after, seconds=seconds, layer=layer, method=method,
-                          weights_version=self.stack.version)
+                          weights_version=self.stack.version, engine_seconds=outcome.seconds)
 
     def finish(self, report: EditReport) -> Iterator[EditReport]:
         """The slow part of the "after" column, one piece at a time, each yielded as the report
