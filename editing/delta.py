@@ -181,6 +181,7 @@ class DeltaStack:
         # the weights are a function of which deltas are applied (W₀ + Σ Δᵢ, recomputed from
         # W₀): caches of model outputs (``editing.machinery.suffix.PrefixCache``) key on this
         self.model._amend_weights_state = tuple(self._applied)
+        self.model._amend_edited_params = frozenset(d.param for d in self._applied.values())
         self.version += 1
         with torch.no_grad():
             if not deltas:

@@ -10,6 +10,7 @@ context templates for the whole process, also across sequential edits.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -134,7 +135,22 @@ class Editor:
         return self._templates[key]
 
     def statistics(self, layer: int, n_tokens: int, progress=None):
-        return self.covariance.get(self.model, self.tokenizer, self.spec, layer, self.corpus, n_tokens, progress)
+        """C = E[k kᵀ] at ``layer``, of the unedited model's keys — unless an applied edit sits
+        below ``layer`` (it changes the keys there): then of the current weights, in memory only."""
+        below = sorted(i for i in map(self._layer_of, getattr(self.model, "_amend_edited_params", ()))
+                       if i is not None and i < layer)
+        weights = None
+        if below:
+            state = repr(getattr(self.model, "_amend_weights_state", ())).encode()
+            weights = f"edited-{hashlib.sha256(state).hexdigest()[:12]}"
+        return self.covariance.get(self.model, self.tokenizer, self.spec, layer, self.corpus, n_tokens, progress,
+                                   weights=weights)
+
+    def _layer_of(self, param: str) -> int | None:
+        for i in range(self.depth):
+            if param == f"{self.spec.mlp_out_at(i)}.weight":
+                return i
+        return None
 
     def compute(
         self,

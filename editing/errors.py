@@ -48,14 +48,5 @@ class LayerOutOfRange(EditingError, ValueError):
         super().__init__(f"layer {layer} is outside 0..{n_layers - 1}")
 
 
-class EditDidNotConverge(EditingError):
-    def __init__(self, loss: float, target_prob: float) -> None:
-        super().__init__(
-            f"the optimisation ended with loss {loss:.3f} (P(target) = {target_prob:.3f}); "
-            "try another layer, more steps or a shorter target"
-        )
-        self.loss, self.target_prob = loss, target_prob
-
-
 class DeltaMismatch(EditingError):
     """A stored delta does not fit the loaded model (shape, fingerprint or checksum)."""

@@ -100,7 +100,3 @@ def mlp_weight(model: nn.Module, layer: int, spec: ModelSpec | None = None) -> t
     """The parameter ROME and FT change: stored (d_out, d_in), or (d_in, d_out) for Conv1D."""
     spec = spec or spec_for(model)
     return get_module(model, spec.mlp_out_at(layer)).weight
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

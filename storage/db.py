@@ -43,7 +43,7 @@ class InvalidTransition(ValueError):
 ALLOWED: dict[str, set[str]] = {
     "pending": {"applied", "failed"},
     "applied": {"reverted"},
-    "reverted": {"applied"},  # re-apply of a reverted edit
+    "reverted": set(),
     "failed": set(),
 }
 

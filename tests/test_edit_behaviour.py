@@ -85,16 +85,24 @@ def test_statistics_are_cached(tokenizer, tmp_path):
     assert sidecars and '"tokens": 600' in sidecars[0].read_text()
 
 
+def _named(error_name: str):
+    import editing.errors
+
+    return getattr(editing.errors, error_name)
+
+
 @pytest.mark.parametrize("bad, error", [
     (dict(prompt="The tower is in", subject="Eiffel Tower", target_new="Rome"), "SubjectNotInPrompt"),
+    (dict(prompt="{} is in", subject="", target_new="Rome"), "SubjectNotInPrompt"),
     (dict(prompt="{} is in", subject="Eiffel Tower", target_new="   "), "EmptyTarget"),
 ])
 def test_bad_requests_raise_named_errors(bad, error):
+    """The named error class is what pydantic carries (the app maps classes, not message text)."""
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=error.replace("SubjectNotInPrompt", "does not occur")
-                       .replace("EmptyTarget", "empty")):
+    with pytest.raises(ValidationError) as raised:
         EditRequest(**bad)
+    assert [type(e["ctx"]["error"]) for e in raised.value.errors()] == [_named(error)]
 
 
 def test_length_limits(tokenizer):
@@ -111,3 +119,28 @@ def test_leading_space_rules():
     assert EditRequest(prompt="{}的专业是", subject="爱因斯坦", target_new="医学").target_text() == "医学"
     assert EditRequest(prompt="The Eiffel Tower is in", subject="Eiffel Tower", target_new="Rome").template == \
         "The {} is in"
+
+
+def test_statistics_after_an_edit_below_are_not_stored_as_the_unedited_models(tokenizer, tmp_path):
+    """An applied edit at layer 1 changes the keys of layer 2, not of layer 1: layer 2's
+    statistics are computed on the edited weights and kept in memory only; no file under the
+    unedited model's fingerprint describes edited weights."""
+    from conftest import make_tiny
+
+    from editing.delta import DeltaStack, WeightDelta
+    from editing.engine import Editor
+
+    model = make_tiny("llama", len(tokenizer))
+    editor = Editor(model, tokenizer, stats_dir=tmp_path)
+    unedited = {layer: editor.statistics(layer, 300) for layer in (1, 2)}
+    files = sorted(tmp_path.rglob("*.safetensors"))
+    stack = DeltaStack(model)
+    stack.apply(WeightDelta(param="model.layers.1.mlp.down_proj.weight", kind="rank_one",
+                            tensors={"u": torch.randn(32), "v": torch.randn(64)}))
+    # a restart: nothing in memory, the unedited model's fingerprint (taken before the replay), the files
+    fresh = Editor(model, tokenizer, stats_dir=tmp_path, fingerprint=editor.fingerprint)
+    assert torch.equal(fresh.statistics(1, 300), unedited[1])  # the edit is at layer 1: its keys are the same
+    edited = fresh.statistics(2, 300)
+    assert not torch.equal(edited, unedited[2]) and sorted(tmp_path.rglob("*.safetensors")) == files
+    stack.revert_all()
+    assert torch.equal(fresh.statistics(2, 300), unedited[2])

@@ -13,8 +13,21 @@ from runtime.loader import ModelLoadError, _locate_gguf, converted_dir, load_mod
 from runtime.profiles import BUILTIN_PROFILES
 
 
-def test_offline_mode_is_on():
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+def test_a_built_in_model_loads_with_no_hub_reachable():
+    """No model hub at run time: with the hub's address pointing nowhere and offline mode not
+    set, the default model's path (load, tokenize, answer) still works — nothing asks the network."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    script = ("from runtime import load_model\nfrom runtime.conversation import Conversation\n"
+              "loaded = load_model('smollm2', device='cpu')\n"
+              "print(Conversation(loaded).answer('Where is the Eiffel Tower?'))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Paris" in out.stdout
 
 
 @pytest.mark.parametrize("alias", ["smollm2", pytest.param("gemma3-270m", marks=pytest.mark.slow)])

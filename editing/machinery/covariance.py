@@ -191,15 +191,29 @@ class CovarianceCache:
         corpus: Corpus,
         n_tokens: int,
         progress: Progress | None = None,
+        *,
+        weights: str | None = None,
     ) -> torch.Tensor:
+        """C at ``layer``.  ``weights`` names edited weights that change this layer's keys (an
+        edit below it): their statistics are computed and kept in memory under that name, never
+        stored as the unedited model's (whose fingerprint the files carry)."""
         with self.lock:
-            return self._get(model, tokenizer, spec, layer, corpus, n_tokens, progress)
+            return self._get(model, tokenizer, spec, layer, corpus, n_tokens, progress, weights)
 
-    def _get(self, model, tokenizer, spec, layer, corpus, n_tokens, progress) -> torch.Tensor:
-        key = (layer, corpus.id(), n_tokens)
+    def _get(self, model, tokenizer, spec, layer, corpus, n_tokens, progress, weights=None) -> torch.Tensor:
+        key = (layer, corpus.id(), n_tokens, weights)
         self.last_from_cache = True
         if key in self._memory:
             return self._memory[key]
+        if weights is not None:
+            log.info("key statistics of layer %d on edited weights (%s): kept in memory only", layer, weights)
+            self.last_from_cache = False
+            start = time.perf_counter()
+            moment, _ = collect_key_moment(model, tokenizer, spec, layer, corpus.texts(model, tokenizer, self._dir()),
+                                           n_tokens, progress=progress)
+            self.last_seconds = time.perf_counter() - start
+            self._memory[key] = moment
+            return moment
         path = self.path(layer, corpus, n_tokens)
         moment = None
         if not path.exists():
