@@ -1,4 +1,4 @@
-"""One table over every evaluation run in ``out/`` (the README's "Evaluation" section).
+"""One table over every evaluation run in ``out/`` (docs/evaluation.md).
 
     python -m bench.eval_table [--out out] [--ci]
     python -m bench.eval_table --compare out/eval-A out/eval-B

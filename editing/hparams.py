@@ -1,7 +1,7 @@
 """Hyperparameters of each method: typed, commented defaults; unknown keys fail.
 
 Defaults follow the ROME paper's GPT-2 XL / GPT-J settings and EasyEdit's Llama settings,
-adjusted where our measurements on the built-in models said so (README, "Layer sweep").
+adjusted where our measurements on the built-in models said so (docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class ROMEHyperParams(_Strict):
     # -- v*: the value, found by gradient descent on δ added to the MLP output
     # Adam moves each coordinate by ~lr per step.  1.0 needs ~25% fewer steps than 0.5 (ROME's
     # GPT-J setting) to reach stop_loss, with the same metrics on 30 counterfact-dev cases per
-    # built-in model (paired differences within ±0.02; README, "Edit speed").
+    # built-in model (paired differences within ±0.02; docs/speed.md, "Edits").
     v_lr: float = Field(1.0, gt=0)
     v_steps: int = Field(25, ge=1, le=1000)
     v_weight_decay: float = Field(1e-3, ge=0)  # on ‖δ‖² / ‖v‖²
@@ -58,7 +58,7 @@ class FTHyperParams(_Strict):
     # ε of the L∞ ball around W₀, as a fraction of the edited projection's mean |W₀|: every
     # weight may move by at most this share of a typical weight.  An absolute ε does not carry
     # across models: 5e-3 is 3.5% of smollm2's weights (mean |W| 0.145 at layer 4) but 40% of
-    # gemma3-270m's (0.012), where it broke locality (README, "Layer sweep": FT's radius).
+    # gemma3-270m's (0.012), where it broke locality (docs/sweeps.md: FT's radius).
     # 0.035 keeps smollm2's ε.
     relative_norm_constraint: float = Field(0.035, gt=0)
     # an absolute ε instead (EasyEdit: 5e-4 on GPT-2 XL; it never reached the target here)
@@ -67,7 +67,7 @@ class FTHyperParams(_Strict):
     lr: float | None = Field(None, gt=0)
     # No momentum (β1 = 0): at the ball's surface momentum keeps pushing clamped weights outward
     # and turns late when a gradient changes sign; without it the median edit on smollm2 needs
-    # 5.5 steps instead of 10 (10 counterfact-dev cases, README, "Edits").
+    # 5.5 steps instead of 10 (10 counterfact-dev cases, docs/speed.md, "Edits").
     adam_betas: tuple[float, float] = (0.0, 0.9)
     steps: int = Field(40, ge=1, le=1000)
     stop_loss: float = Field(5e-2, ge=0)

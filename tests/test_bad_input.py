@@ -1,7 +1,7 @@
 """Bad input, each refused with a clear message and nothing changed (log rows and a weight
 checksum compared), on smollm2; property-based tests for request validation.
 
-Every kind tried here is counted in the README's Reliability section.
+Every kind tried here is counted in docs/reliability.md.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_smoke_run_rome_and_ft(tmp_path):
     with pytest.raises(SystemExit, match="other settings"):
         main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", "rome",
               "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(tmp_path / "eval-smollm2-counterfact-rome")])
-    # the README's combined table reads both runs: one "before" row, one row per method
+    # docs/evaluation.md's combined table reads both runs: one "before" row, one row per method
     from bench.eval_table import compare, load_runs, table
 
     assert json.loads((tmp_path / "eval-smollm2-counterfact-rome" / "run.json").read_text())["set"] == {"v_steps": 20}

@@ -4,7 +4,7 @@
 that token changes in any layer.  Each row's prefix runs once into a key/value cache
 (``PrefixCache`` keeps them for the next edit, whose prompts mostly start the same way), and
 every step runs only the tails from the subject's last token on — about 45 of 260 tokens for
-a CounterFact edit on smollm2 — all rows packed into one sequence (README, "Edit speed").
+a CounterFact edit on smollm2 — all rows packed into one sequence (docs/speed.md, "Edits").
 FT packs whole rows the same way (``hold_chat_preamble`` holds the chat row's preamble: ``editing.methods.ft``).
 
 Checked against a full forward pass once per model (``editing.machinery.forward.PassChecks``) and

@@ -12,7 +12,7 @@ unchanged.  ``hold_chat_preamble`` (off by default) holds the chat row's tokens 
 subject's last token -- the chat preamble and, on gemma3-270m, a few-shot transcript: ~118 of
 its ~129 tokens -- at the unedited weights' keys and values (cached across edits), and each
 step runs only the rest.  Exact at ΔW = 0; faster (gemma3-270m: 2.1 -> 1.45 s per edit) but
-the edit then shows in fewer chat answers (README, "Edits").
+the edit then shows in fewer chat answers (docs/speed.md, "Edits").
 
 Each step runs under bfloat16 autocast where the hardware does bf16 arithmetic
 (``fast_bf16``); ΔW, W₀ and Adam's state stay in fp32.
