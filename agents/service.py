@@ -33,7 +33,7 @@ from agents.faults import pause_point
 from agents.locks import RWLock
 from agents.probes import Probe, Prober
 from agents.proposal import EditProposal
-from editing.delta import DeltaStack, WeightDelta
+from editing.delta import WeightDelta
 from editing.engine import Editor
 from editing.errors import DeltaMismatch, EditingError
 from editing.fingerprint import weights_checksum
@@ -110,7 +110,7 @@ class EditService:
         self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else self.deltas_dir.parent / "checkpoints"
         self.lock = lock or RWLock()
         self.chat = chat or ChatAgent(loaded, self.lock)
-        self.stack = DeltaStack(loaded.model)
+        self.stack = editor.stack  # the model's edit state, owned by the editor
         self.prober = Prober(loaded, self.lock, self.chat)
         # one background worker measures "before" columns: proposals wait their turn rather than
         # each taking the cores from chat

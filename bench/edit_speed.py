@@ -25,7 +25,6 @@ def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
     import tempfile
 
     from bench.common import peak_rss_mb
-    from editing.delta import DeltaStack
     from editing.engine import Editor
     from editing.evaluation.data import load_cases
     from runtime.loader import load_model
@@ -38,7 +37,7 @@ def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
     editor.statistics(editor.default_layer, 20_000)
     stats_s = time.perf_counter() - start
     cases = load_cases("counterfact", DATA, n)
-    stack = DeltaStack(loaded.model)
+    stack = editor.stack
     editor.templates("en", 10, (5, 10))  # sampled once per model; not part of an edit
     result = {"model": alias, "layer": editor.default_layer, "statistics_s": round(stats_s, 1),
               "statistics_cached": editor.covariance.last_from_cache}

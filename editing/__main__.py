@@ -37,7 +37,6 @@ def _bar(desc: str):
 
 
 def cmd_edit(args) -> int:
-    from editing.delta import DeltaStack
     from editing.machinery.probe import greedy_completion, target_probability
     from editing.request import EditRequest
 
@@ -61,7 +60,7 @@ def cmd_edit(args) -> int:
     outcome = editor.compute(request, args.method, args.layer, hparams, progress=progress)
     seconds = time.perf_counter() - start
     bar.close()
-    DeltaStack(model).apply(outcome.delta)
+    editor.stack.apply(outcome.delta)
     p_after = target_probability(model, tok, request.text, request.target_new)
     completion_after = greedy_completion(model, tok, request.text, 8)
     print(f"method {args.method}, layer {outcome.layer}, covariance "

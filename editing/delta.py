@@ -1,7 +1,10 @@
 """What an edit changed: a weight delta that can be saved, loaded, applied and reverted.
 
 ROME's delta is rank one and stored as its two factors (ΔW = u vᵀ in (d_out, d_in)
-orientation); FT's is a dense matrix.  ``DeltaStack`` is the one place that writes deltas
+orientation); a batch of facts written in one solve is low rank, stored as U (n, d_out) and
+V (n, d_in) with ΔW = Uᵀ V; FT's is a dense matrix.  A delta that writes values at keys also
+carries them (``keys`` (n, d_in), ``values`` (n, d_out)): the history later edits preserve
+(``editing.machinery.preservation``) is read from the deltas applied now.  ``DeltaStack`` is the one place that writes deltas
 into a model: it keeps each touched matrix's original value W₀ and always sets
 W = W₀ + Σ Δᵢ (summed in float32, in order of application), so reverting any delta — not
 only the last — and reverting all of them restore the original weights bit for bit, in
@@ -31,32 +34,51 @@ from editing.errors import DeltaMismatch
 @dataclass
 class WeightDelta:
     param: str  # parameter path, e.g. "model.layers.6.mlp.down_proj.weight"
-    kind: Literal["rank_one", "dense"]
-    tensors: dict[str, torch.Tensor]  # rank_one: u (d_out,), v (d_in,); dense: delta (param shape)
+    kind: Literal["rank_one", "low_rank", "dense"]
+    # rank_one: u (d_out,), v (d_in,); low_rank: U (n, d_out), V (n, d_in); dense: delta (param shape);
+    # optionally keys (n, d_in) and values (n, d_out): what the delta writes where
+    tensors: dict[str, torch.Tensor]
     transposed: bool = False  # GPT-2 Conv1D: the parameter is stored (d_in, d_out)
     meta: dict[str, Any] = field(default_factory=dict)  # request, method, layer, hparams, fingerprint, ...
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def matrix(self) -> torch.Tensor:
         """ΔW in the parameter's own orientation and float32."""
+        if self.kind == "dense":
+            return self.tensors["delta"].float()
+        u, v = self.factors()
+        m = u.T @ v  # (d_out, d_in)
+        return m.T if self.transposed else m
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """U (n, d_out) and V (n, d_in) in float32 with ΔW = Uᵀ V (a rank-one delta: n = 1)."""
         if self.kind == "rank_one":
-            u, v = self.tensors["u"].float(), self.tensors["v"].float()
-            m = torch.outer(u, v)  # (d_out, d_in)
-            return m.T if self.transposed else m
-        return self.tensors["delta"].float()
+            return self.tensors["u"].float()[None], self.tensors["v"].float()[None]
+        return self.tensors["U"].float(), self.tensors["V"].float()
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.kind == "dense" else len(self.factors()[0])
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        """The keys (n, d_in) this delta writes values at, if it records them."""
+        return self.tensors.get("keys")
 
     def norm(self) -> float:
-        """Frobenius norm of ΔW (for a rank-one delta, ‖u‖·‖v‖ without forming it)."""
-        if self.kind == "rank_one":
-            return float(self.tensors["u"].float().norm() * self.tensors["v"].float().norm())
-        return float(self.tensors["delta"].float().norm())
+        """Frobenius norm of ΔW (for factors, from their n × n Gram matrices without forming ΔW)."""
+        if self.kind == "dense":
+            return float(self.tensors["delta"].float().norm())
+        u, v = self.factors()
+        return float(((u @ u.T) * (v @ v.T)).sum().clamp(min=0).sqrt())
 
     @property
     def shape(self) -> tuple[int, ...]:
-        if self.kind == "rank_one":
-            shape = (self.tensors["u"].numel(), self.tensors["v"].numel())
-            return shape[::-1] if self.transposed else shape
-        return tuple(self.tensors["delta"].shape)
+        if self.kind == "dense":
+            return tuple(self.tensors["delta"].shape)
+        u, v = self.factors()
+        shape = (u.shape[1], v.shape[1])
+        return shape[::-1] if self.transposed else shape
 
     # -- files ---------------------------------------------------------------------------
 
@@ -216,6 +238,31 @@ class DeltaStack:
             raise DeltaMismatch(f"delta {delta_id} is not applied")
         self._recompute(delta.param)
         return delta
+
+    def replace(self, delta_id: str, delta: WeightDelta) -> None:
+        """Put ``delta`` where ``delta_id`` is in the order of application (a superseding edit
+        rebased when the edit it superseded is reverted: ``editing.engine.Editor.rebase``)."""
+        if delta_id not in self._applied:
+            raise DeltaMismatch(f"delta {delta_id} is not applied")
+        old = self._applied[delta_id]
+        if delta.param != old.param or delta.shape != old.shape:
+            raise DeltaMismatch(f"delta {delta.id} does not fit where {delta_id} is ({old.param})")
+        self._applied = {(delta.id if i == delta_id else i): (delta if i == delta_id else d)
+                         for i, d in self._applied.items()}
+        try:
+            self._recompute(delta.param)
+        except BaseException:
+            self._applied = {(delta_id if i == delta.id else i): (old if i == delta.id else d)
+                             for i, d in self._applied.items()}
+            self._recompute(delta.param)
+            raise
+
+    def written_keys(self, param: str, exclude: set[str] = frozenset()) -> torch.Tensor | None:
+        """The keys (n, d_in) that the applied deltas on ``param`` write values at, in order of
+        application, leaving out the deltas in ``exclude``: the history a new edit preserves."""
+        keys = [d.keys for d in self._applied.values()
+                if d.param == param and d.id not in exclude and d.keys is not None]
+        return torch.cat([k.float().reshape(-1, k.shape[-1]) for k in keys]) if keys else None
 
     def revert_all(self) -> None:
         for delta_id in list(self._applied)[::-1]:

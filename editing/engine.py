@@ -1,8 +1,10 @@
 """The editing engine's front door: one object per loaded model that owns the caches an
 edit needs (sampled prefixes, key statistics) and computes deltas with any method.
 
-It never writes weights: ``compute`` returns a ``WeightDelta``; ``editing.delta.DeltaStack``
-applies it.  Call ``invalidate()`` after the weights change some other way than through
+It owns the model's edit state, ``stack`` (``editing.delta.DeltaStack``, the one writer of
+weights), and never writes weights itself: ``compute`` returns a ``WeightDelta`` that the caller
+applies with ``editor.stack.apply``.  The edits applied now are the history a new ROME edit
+preserves (``editing.machinery.preservation``).  Call ``invalidate()`` after the weights change some other way than through
 ``DeltaStack`` (which the prefix cache follows by itself).  The sampled context prefixes are
 text and are kept for the editor's lifetime, as the ROME reference implementation keeps its
 context templates for the whole process, also across sequential edits.
@@ -19,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import BaseModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.delta import WeightDelta
+from editing.delta import DeltaStack, WeightDelta
 from editing.errors import LayerOutOfRange
 from editing.fingerprint import model_fingerprint
 from editing.hparams import FTHyperParams, ROMEHyperParams, hparams_for
@@ -32,6 +35,7 @@ from editing.machinery.context import sample_prefixes
 from editing.machinery.covariance import Corpus, CovarianceCache
 from editing.machinery.forward import PassChecks
 from editing.machinery.objective import ProgressFn
+from editing.machinery.relations import same_subject_prompts
 from editing.machinery.rows import ChatPromptFn
 from editing.machinery.suffix import PrefixCache
 from editing.methods.ft import compute_ft_delta
@@ -83,6 +87,7 @@ class Editor:
         self._templates: dict[tuple, list[str]] = {}
         self._sampling = threading.Lock()
         self.prefix_cache = PrefixCache()  # the prompts' prefix keys/values, shared by edits
+        self.stack = DeltaStack(model)  # the edits applied now: the only writer of the weights
         self.checks = PassChecks()  # which shortcuts this model's passes allow, learnt once
 
     @classmethod
@@ -177,11 +182,20 @@ class Editor:
                 stats_progress = (lambda done, total: progress("statistics", done, total, None)) if progress else None
                 covariance = self.statistics(layer, hparams.mom2_n_tokens, stats_progress)
                 stats_seconds = 0.0 if self.covariance.last_from_cache else self.covariance.last_seconds
+            history = None
+            if hparams.history_weight > 0:  # the keys earlier edits wrote here, but of one this edit supersedes
+                superseded = {d.id for d in self.superseded(request, layer)}
+                history = self.stack.written_keys(f"{self.spec.mlp_out_at(layer)}.weight", exclude=superseded)
+            same_subject = []
+            if hparams.same_subject_weight > 0 or hparams.locality_kl_factor > 0:
+                same_subject = same_subject_prompts(request.subject, request.language, request.text,
+                                                    hparams.same_subject_prompts)
             result = compute_rome_delta(
                 self.model, self.tokenizer, request, hparams, self.spec, layer,
                 templates=templates, covariance=covariance, chat_prompt=chat_prompt,
-                locality_prompts=list(locality_prompts), progress=progress, prefix_cache=self.prefix_cache,
-                checks=self.checks,
+                locality_prompts=list(locality_prompts) or same_subject, progress=progress,
+                prefix_cache=self.prefix_cache, checks=self.checks, history=history,
+                same_subject_prompts=same_subject,
             )
         elif method == "ft":
             assert isinstance(hparams, FTHyperParams)
@@ -211,3 +225,53 @@ class Editor:
             losses=result.losses,
             stats_seconds=stats_seconds,
         )
+
+    # -- the edit state: superseding and rebasing ---------------------------------------------
+
+    def superseded(self, request: EditRequest, layer: int | None = None) -> list[WeightDelta]:
+        """The applied deltas that wrote the same fact as ``request`` — the same subject and
+        prompt (case and spacing aside), at ``layer`` if given: a newer edit of it supersedes them."""
+        param = None if layer is None else f"{self.spec.mlp_out_at(layer)}.weight"
+        return [d for d in self.stack.applied
+                if same_fact(d.meta.get("request"), request) and (param is None or d.param == param)]
+
+    def rebased(self, delta: WeightDelta, without: WeightDelta) -> WeightDelta:
+        """``delta`` recomputed to write its values at its keys on the current weights less
+        ``without`` (same input directions V, new output factors U): when ``without`` — an edit
+        ``delta`` superseded — is reverted, the newer fact stays exactly as it was written."""
+        if delta.keys is None or delta.kind == "dense" or without.param != delta.param:
+            raise ValueError("only a delta that records its keys, on the same matrix, can be rebased")
+        param = self.model.get_parameter(delta.param)
+        keys = delta.keys.float().to(param.device)  # (n, d_in)
+        weights = param.detach().float()
+        weights = weights.T if delta.transposed else weights  # (d_out, d_in)
+        own, gone = delta.matrix(), without.matrix()
+        own, gone = (own.T, gone.T) if delta.transposed else (own, gone)
+        before = (weights - own.to(weights) - gone.to(weights)) @ keys.T  # (d_out, n): what the rest gives
+        residual = delta.tensors["values"].float().to(weights).T - before  # (d_out, n)
+        _, v = delta.factors()
+        gram = v.to(weights) @ keys.T  # (n, n): G[i, j] = v_iᵀ k_j
+        u = torch.linalg.solve(gram.T.double(), residual.T.double()).float()  # (n, d_out): Uᵀ G = R
+        tensors = dict(delta.tensors)
+        if delta.kind == "rank_one":
+            tensors["u"] = u[0].cpu()
+        else:
+            tensors["U"] = u.cpu()
+        meta = {**delta.meta, "rebased_from": delta.id, "rebased_without": without.id}
+        return WeightDelta(param=delta.param, kind=delta.kind, tensors=tensors, transposed=delta.transposed,
+                           meta=meta)
+
+
+def same_fact(recorded: dict | None, request: EditRequest) -> bool:
+    """Whether a delta's recorded request is ``request``'s fact (subject and prompt text)."""
+    if not recorded:
+        return False
+
+    def norm(text: str) -> str:
+        return " ".join(text.split()).casefold()
+
+    try:
+        earlier = EditRequest.model_validate(recorded)
+    except ValueError:
+        return False
+    return norm(earlier.subject) == norm(request.subject) and norm(earlier.text) == norm(request.text)

@@ -45,6 +45,18 @@ class ROMEHyperParams(_Strict):
     update_rule: Literal["r-rome", "original"] = "r-rome"
     # run each step only from the subject's last token on (prefix in a KV cache); False: whole rows
     fast_upper_layers: bool = True
+    # -- what the update preserves besides C₀ (editing.machinery.preservation; docs/lifelong.md)
+    # λ_h: the keys earlier applied edits at this layer wrote; 0 = each edit as if it were the only one
+    history_weight: float = Field(0.0, ge=0)
+    # λ_s: the keys of the subject's other relations (editing.machinery.relations); 0 = off
+    same_subject_weight: float = Field(0.0, ge=0)
+    same_subject_prompts: int = Field(8, ge=0, le=20)  # how many relation templates (both λ_s and the KL)
+    # a same-subject key at least this parallel to k* is not preserved (it cannot be while k* changes)
+    same_subject_max_cosine: float = Field(0.95, gt=0, le=1)
+    # ρ: ridge on the preserved moment, in units of C₀'s mean eigenvalue
+    ridge: float = Field(0.0, ge=0)
+    # NAS (2026): rescale v* to the norm of the value it replaces
+    rescale_value_norm: bool = False
 
     @field_validator("prefix_lengths")
     @classmethod

@@ -102,27 +102,37 @@ def test_greedy_completions_end_rows_once_settled(smollm2):
         assert "Paris" in cut and whole.startswith(cut) and len(cut) < len(whole)
 
 
-def test_sequential_run_draws_a_collapse_curve_and_restores_the_weights(tmp_path, smollm2):
-    """``--sequential`` keeps edits accumulating, re-measures all of them every k edits against the
-    unedited model, and leaves the loaded model exactly as it found it."""
+def test_sequential_run_draws_the_lifelong_curve_resumes_and_restores_the_weights(tmp_path, smollm2):
+    """``--sequential`` keeps edits accumulating and re-measures all of them every k edits
+    (against the unedited model, with fluency and chat on fixed samples); a second start into the
+    same folder replays the saved deltas and goes on; the loaded model is left as it was found."""
     import torch
 
     from editing.evaluation.runner import build_parser, run
 
     weights = {name: p.detach().clone() for name, p in smollm2.model.named_parameters()}
     out = tmp_path / "seq"
-    args = build_parser().parse_args(
-        ["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", "rome", "--model",
-         "smollm2", "--n", "3", "--sequential", "--every", "2", "--no-chat", "--set", "v_steps=20", "--out", str(out)])
-    run(args, loaded=smollm2)
-    curve = json.loads((out / "curve.json").read_text())
+
+    def args(n: int):
+        return build_parser().parse_args(
+            ["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", "rome", "--model",
+             "smollm2", "--n", str(n), "--sequential", "--every", "2", "--chat-sample", "3", "--fluency-sample", "2",
+             "--set", "v_steps=20", "--set", "history_weight=1", "--out", str(out)])
+
+    run(args(2), loaded=smollm2)
+    first = (out / "cases.jsonl").read_text().splitlines()
+    assert len(first) == 2 and len(list((out / "deltas").iterdir())) == 2
+    run(args(3), loaded=smollm2)  # as after a kill: the two edits are replayed, the third made
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert (out / "cases.jsonl").read_text().splitlines()[:2] == first and len(rows) == 3
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     assert [point["edits"] for point in curve] == [2, 3]
     for point in curve:
-        assert {"reliability", "generalization", "efficacy", "locality", "neighborhood"} <= set(point)
-        assert 0.0 <= point["locality"] <= 1.0
+        assert {"efficacy", "paraphrase", "neighborhood", "locality", "fluency", "chat_success"} <= set(point)
+        assert 0.0 <= point["locality"] <= 1.0 and point["fluency_unedited"] > 0
     assert curve[-1]["efficacy"] > 0  # edits that landed are still there once others were added
     summary = (out / "summary.md").read_text()
-    assert "## Sequential edits" in summary and "--sequential --every 2" in summary  # the command reproduces it
+    assert "3 sequential edits" in summary and "--sequential --every 2" in summary  # the command reproduces it
     assert (out / "sequential.png").read_bytes()[:4] == b"\x89PNG"
     assert all(torch.equal(p, weights[name]) for name, p in smollm2.model.named_parameters())
 

@@ -6,8 +6,9 @@
 
 Each case starts from the unedited weights (the delta is reverted exactly in between) unless
 ``--sequential``, which keeps edits accumulating and re-measures every earlier edit every k
-edits (a collapse curve).  Results go to ``DIR/cases.jsonl`` (resumable: a killed run continues
-where it stopped), ``DIR/summary.md``, ``DIR/metrics.png`` and ``DIR/run.json`` (the settings).
+edits (the lifelong curve: ``editing.evaluation.sequential``).  Results go to
+``DIR/cases.jsonl`` (resumable: a killed run continues where it stopped), ``DIR/summary.md``,
+``DIR/metrics.png`` or ``DIR/sequential.png``, and ``DIR/run.json`` (the settings).
 ``touch out/PAUSE`` holds every running evaluation between two cases until it is removed.
 ``--shard I/N`` runs every N-th case from the I-th (0-based) into the same folder, so N
 processes, one thread each, share a run's cases on N cores (single edits only).
@@ -50,7 +51,6 @@ def run(args, loaded=None) -> Path:
     """Run one evaluation; ``loaded`` reuses an already loaded model (layer sweeps)."""
     from tqdm import tqdm
 
-    from editing.delta import DeltaStack
     from editing.engine import Editor
     from editing.evaluation.data import load_cases
     from editing.evaluation.metrics import case_metrics, chat_success, probe_case
@@ -82,25 +82,14 @@ def run(args, loaded=None) -> Path:
                              f"{', '.join(repr(earlier[k]) for k in changed)}); choose another --out")
     recorded.write_text(json.dumps(settings, indent=1), encoding="utf-8")
     jsonl = out / "cases.jsonl"
-    done = {json.loads(line)["case_id"] for line in jsonl.read_text().splitlines()} if jsonl.exists() else set()
-    if args.sequential and done:
-        print("note: --sequential cannot resume mid-sequence; starting over", file=sys.stderr)
-        jsonl.unlink()
-        done = set()
     layer = None if args.layer in (None, "default") else args.layer
-    stack = DeltaStack(model)
-    applied: list = []
-    curve = []
-    shard, shards = getattr(args, "shard", None) or (0, 1)
-    if shards > 1 and args.sequential:
-        raise SystemExit("--shard splits single edits; a --sequential run is one sequence")
-    todo = [c for i, c in enumerate(cases) if i % shards == shard and c.case_id not in done]
-    # The collapse curve compares every earlier edit with the unedited model, so it needs each
-    # case's probes on the unedited weights; a case's own "before" is after the edits before it.
-    unedited = {}
     if args.sequential:
-        unedited = {c.case_id: probe_case(model, tok, c) for c in tqdm(todo, desc="unedited probes", unit="case")}
-    for index, case in enumerate(tqdm(todo, desc=f"{args.method} on {args.data}", unit="case")):
+        return _run_sequential(args, out, editor, conversation, cases, layer, hparams)
+    done = {json.loads(line)["case_id"] for line in jsonl.read_text().splitlines()} if jsonl.exists() else set()
+    stack = editor.stack
+    shard, shards = getattr(args, "shard", None) or (0, 1)
+    todo = [c for i, c in enumerate(cases) if i % shards == shard and c.case_id not in done]
+    for case in tqdm(todo, desc=f"{args.method} on {args.data}", unit="case"):
         _wait_while_paused(out.parent)
         case_start = time.perf_counter()
         before = probe_case(model, tok, case)
@@ -126,16 +115,33 @@ def run(args, loaded=None) -> Path:
                "final_loss": outcome.losses[-1] if outcome.losses else None}
         with jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        if args.sequential:
-            applied.append(case)
-            if (index + 1) % args.every == 0 or index + 1 == len(todo):
-                curve.append(_remeasure(model, tok, applied, unedited, index + 1))
-            editor.invalidate()  # the weights changed: nothing computed from the old ones is reused
-        else:
-            stack.revert(outcome.delta.id)  # bit-identical again: the sampled prefixes stay valid
-    stack.revert_all()
+        stack.revert(outcome.delta.id)  # bit-identical again: the sampled prefixes stay valid
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    write_summary(out, args, rows, curve)
+    write_summary(out, args, rows)
+    return out
+
+
+def _run_sequential(args, out: Path, editor, conversation, cases: list, layer, hparams) -> Path:
+    """Edits accumulate; every ``--every`` edits a curve point over all of them (resumable)."""
+    from tqdm import tqdm
+
+    from editing.evaluation.sequential import SequentialRun
+
+    if getattr(args, "shard", None) and args.shard[1] > 1:
+        raise SystemExit("--shard splits single edits; a --sequential run is one sequence")
+    run = SequentialRun(out, editor, conversation, cases, every=args.every, chat_sample=args.chat_sample,
+                        fluency_sample=args.fluency_sample, with_chat=not args.no_chat)
+    done = run.resume()
+    if done:
+        print(f"resuming after {len(done)} edits", file=sys.stderr)
+    try:
+        for case in tqdm(cases[len(done):], desc=f"{args.method} on {args.data}, sequential", unit="edit",
+                         initial=len(done), total=len(cases)):
+            _wait_while_paused(out.parent)
+            run.step(case, args.method, layer, hparams)
+    finally:
+        editor.stack.revert_all()
+    write_sequential_summary(out, args)
     return out
 
 
@@ -199,22 +205,6 @@ def _wall_time(rows: list[dict]) -> str:
             f"{sum(timed) / 60:.1f} min for {len(timed)} cases.")
 
 
-CURVE_METRICS = ["reliability", "generalization", "efficacy", "locality", "neighborhood"]
-
-
-def _remeasure(model, tok, applied, unedited: dict, n_edits: int) -> dict:
-    """Every metric of every edit applied so far, each against the unedited model's probes."""
-    from editing.evaluation.metrics import case_metrics, probe_case, summarize
-
-    per_case = [case_metrics(unedited[case.case_id], probe_case(model, tok, case)) for case in applied]
-    point: dict = {"edits": n_edits}
-    for key in CURVE_METRICS:
-        mean, _, n = summarize([m.get(key) for m in per_case])
-        if n:
-            point[key] = mean
-    return point
-
-
 def args_line(args) -> str:
     """The command line that reproduces ``args`` (also when called from a sweep script)."""
     parts = [f"--data {args.data}", f"--file {args.file}", f"--method {args.method}", f"--model {args.model}"]
@@ -223,11 +213,12 @@ def args_line(args) -> str:
     parts += [f"--set {pair}" for pair in getattr(args, "set", None) or []]
     parts += [flag for flag, on in (("--no-covariance", args.no_covariance), ("--no-chat", args.no_chat),
                                     ("--fluency", args.fluency), ("--sequential", args.sequential)) if on]
-    parts += [f"--every {args.every}"] if args.sequential else []
+    parts += [f"--every {args.every} --chat-sample {args.chat_sample} --fluency-sample {args.fluency_sample}"
+              ] if args.sequential else []
     return " ".join(parts)
 
 
-def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
+def write_summary(out: Path, args, rows: list[dict]) -> None:
     from editing.evaluation.metrics import summarize
 
     def cell(key: str, which: str) -> str:
@@ -246,8 +237,7 @@ def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
         "",
         f"Command: `python -m editing.evaluate {args_line(args)}`",
         f"Covariance: {'off (C = I)' if args.no_covariance else 'on'}; layer: "
-        f"{args.layer if args.layer is not None else 'model default'}; "
-        f"{'sequential (each row: a case right after its own edit; before = just before it, after the earlier edits)' if args.sequential else 'single edits from the unedited weights'}.",
+        f"{args.layer if args.layer is not None else 'model default'}; single edits from the unedited weights.",
         "Values: mean ± half-width of the 95% confidence interval.",
         "",
         "| | " + " | ".join(shown) + " | s/edit (median) |",
@@ -257,21 +247,75 @@ def write_summary(out: Path, args, rows: list[dict], curve: list[dict]) -> None:
         "",
         f"Peak RSS {max(r['peak_rss_mb'] for r in rows)} MB.{_gpu_peak(rows)}{_wall_time(rows)}",
     ]
-    if curve:
-        keys = [k for k in CURVE_METRICS if k in curve[0]]
-        lines += ["", "## Sequential edits", "",
-                  "Every edit applied so far, re-measured after each k edits (locality and neighbourhood "
-                  "against the unedited model).", "",
-                  "| edits | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        lines += [f"| {c['edits']} | " + " | ".join(f"{c[k]:.3f}" for k in keys) + " |" for c in curve]
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if curve:
-        (out / "curve.json").write_text(json.dumps(curve), encoding="utf-8")
-    plot(out, shown, rows, curve, args)
+    plot(out, shown, rows, args)
     print("\n".join(lines))
 
 
-def plot(out: Path, shown: list[str], rows: list[dict], curve: list[dict], args) -> None:
+def write_sequential_summary(out: Path, args) -> None:
+    """``summary.md`` (the curve as a table) and ``sequential.png`` of a sequential run."""
+    from editing.evaluation.sequential import CURVE_METRICS, _read_jsonl
+
+    rows, curve = _read_jsonl(out / "cases.jsonl"), _read_jsonl(out / "curve.jsonl")
+    if not rows:
+        return
+    seconds = sorted(r["seconds"] for r in rows)
+    keys = [k for k in CURVE_METRICS if any(k in c for c in curve)]
+    lines = [
+        f"# {args.method.upper()}, {len(rows)} sequential edits on {args.data} (model {args.model})",
+        "",
+        f"Command: `python -m editing.evaluate {args_line(args)}`",
+        f"Median seconds per edit {seconds[len(seconds) // 2]:.2f}; last edit {rows[-1]['seconds']:.2f} s.",
+        "",
+        "Every edit applied so far, re-measured every k edits; locality and neighbourhood against the unedited "
+        "model; chat on a fixed sample of the run's edits (n applied so far); fluency of greedy generations on a "
+        "fixed sample of prompts (unedited model: "
+        + (f"{curve[0]['fluency_unedited']:.3f} bits)." if curve and curve[0].get("fluency_unedited") else "–)."),
+        "",
+        "| edits | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for c in curve:
+        cells = [(f"{c[k]:.3f}" + (f" (n={c['chat_n']})" if k == "chat_success" else "")) if k in c else "–"
+                 for k in keys]
+        lines.append(f"| {c['edits']} | " + " | ".join(cells) + " |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if curve:
+        plot_curves({args.method.upper(): curve}, out / "sequential.png",
+                    f"{args.method.upper()}, sequential edits on {args.data}, {args.model}")
+    print("\n".join(lines))
+
+
+def plot_curves(curves: dict[str, list[dict]], path: Path, title: str) -> None:
+    """One panel per metric, one line per run: the lifelong curves side by side."""
+    from matplotlib.figure import Figure
+
+    from editing.evaluation.sequential import CURVE_METRICS
+
+    keys = [k for k in CURVE_METRICS if any(k in c for curve in curves.values() for c in curve)]
+    cols = 4
+    fig = Figure(figsize=(3.2 * cols, 2.6 * math.ceil(len(keys) / cols) + 0.6))
+    axes = fig.subplots(math.ceil(len(keys) / cols), cols, squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        for label, curve in curves.items():
+            xs = [c["edits"] for c in curve if key in c]
+            ax.plot(xs, [c[key] for c in curve if key in c], marker=".", label=label)
+            if key == "fluency" and curve and curve[0].get("fluency_unedited"):
+                ax.axhline(curve[0]["fluency_unedited"], color="grey", lw=0.8, ls="--")
+        ax.set_title(key.replace("_", " "), fontsize=9)
+        if key != "fluency":
+            ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("edits applied", fontsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot(out: Path, shown: list[str], rows: list[dict], args) -> None:
     from matplotlib.figure import Figure
 
     from editing.evaluation.metrics import summarize
@@ -290,18 +334,6 @@ def plot(out: Path, shown: list[str], rows: list[dict], curve: list[dict], args)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "metrics.png", dpi=110)
-    if curve:
-        fig = Figure(figsize=(6, 3.6))
-        ax = fig.subplots()
-        for key in [k for k in CURVE_METRICS if k in curve[0]]:
-            ax.plot([c["edits"] for c in curve], [c[key] for c in curve], marker="o", label=key)
-        ax.set_xlabel("edits applied")
-        ax.set_ylabel("mean over all edits so far")
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"{args.method.upper()}, sequential edits on {args.data}, {args.model}")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "sequential.png", dpi=110)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-chat", action="store_true", help="skip chat-level success (faster)")
     parser.add_argument("--fluency", action="store_true", help="also generate for n-gram entropy (slower)")
     parser.add_argument("--sequential", action="store_true")
-    parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--every", type=int, default=10, help="--sequential: a curve point every k edits")
+    parser.add_argument("--chat-sample", type=int, default=30,
+                        help="--sequential: chat success on this many of the run's edits, evenly spaced")
+    parser.add_argument("--fluency-sample", type=int, default=24,
+                        help="--sequential: generation fluency on this many cases' first generation prompt")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a hyperparameter of the method (editing/hparams.py), e.g. --set v_lr=1.0")
     parser.add_argument("--out", default=None)

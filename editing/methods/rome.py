@@ -17,7 +17,14 @@ prefixed contexts — two different keys.  "Rebuilding ROME" (Gupta, Baskaran, A
 2024) shows this asymmetry is what makes sequential edits blow up ("model collapse") and
 uses k* in both places (r-ROME, our default), which is step 3 exactly as written above.
 
-The function returns a ``WeightDelta`` and leaves the model bit-identical.
+Preservation (the default update since the lifelong-editing measurements, docs/lifelong.md).
+Step 3 solves for the update that keeps, besides C₀'s common keys, the keys every earlier
+applied edit at this layer wrote (``history``) and the keys of the subject's other relations
+(``same_subject_prompts``): ``editing.machinery.preservation`` gives the equation, the papers
+(AlphaEdit, BetaEdit, OTE-SE) and why.  With neither, it is the r-ROME update above.
+
+The function returns a ``WeightDelta`` (with the key k* and value v* it writes) and leaves the
+model bit-identical.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ from transformers import PreTrainedTokenizerBase
 from editing.delta import WeightDelta
 from editing.hparams import ROMEHyperParams
 from editing.machinery.forward import PassChecks
-from editing.machinery.hooks import Hooks, hook_output
+from editing.machinery.hooks import Hooks, Trace, hook_output
 from editing.machinery.objective import Objective, ProgressFn
+from editing.machinery.preservation import PreservedKeys, solve_write
 from editing.machinery.rows import ChatPromptFn, build_rows
 from editing.machinery.suffix import PrefixCache
 from editing.request import EditRequest
@@ -69,13 +77,18 @@ def compute_rome_delta(
     progress: ProgressFn | None = None,
     prefix_cache: PrefixCache | None = None,
     checks: PassChecks | None = None,
+    history: torch.Tensor | None = None,
+    same_subject_prompts: list[str] = (),
 ) -> ROMEResult:
     """Compute ROME's rank-one delta for ``request`` at ``layer``; the model is left unchanged.
 
     ``templates`` are the context templates (``"{}"`` first, then sampled prefixes);
     ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I; ``prefix_cache`` keeps
     the prompts' prefix keys/values for the next edit (``editing.machinery.suffix.PrefixCache``);
-    ``checks`` remembers which shortcuts this model's passes allow (``editing.machinery.forward.PassChecks``).
+    ``checks`` remembers which shortcuts this model's passes allow (``editing.machinery.forward.PassChecks``);
+    ``history`` (n, d_in) are the keys earlier applied edits at this layer wrote and
+    ``same_subject_prompts`` texts about the subject's other relations: the update keeps their
+    outputs with the weights ``hparams.history_weight`` and ``hparams.same_subject_weight``.
     """
     start = time.perf_counter()
     report = progress or (lambda *a: None)
@@ -143,23 +156,32 @@ def compute_rome_delta(
     # -- step 3: the rank-one update
     report("writing weights", hparams.v_steps, hparams.v_steps, None)
     delta = delta.detach()
-    c_inv_k = key if covariance is None else torch.linalg.solve(covariance.float(), key)
-    if hparams.update_rule == "r-rome":
-        denominator = c_inv_k @ key  # (C⁻¹k*)ᵀ k*
+    if hparams.rescale_value_norm:  # NAS: v* keeps the norm of the value it replaces
+        delta = (value + delta) * (value.norm() / (value + delta).norm()) - value
+    if hparams.update_rule == "original":  # the reference implementation's mismatched keys
+        c_inv_k = key if covariance is None else torch.linalg.solve(covariance.float(), key)
+        u, v = (delta / (c_inv_k @ bare_key))[None], c_inv_k[None]
     else:
-        denominator = c_inv_k @ bare_key  # the original implementation's mismatched key
-    u = delta / denominator  # (d_out,) = (v* − W k*) / ((C⁻¹k*)ᵀ k)
-    v = c_inv_k  # (d_in,)
+        same_subject = None
+        if hparams.same_subject_weight > 0 and same_subject_prompts:
+            same_subject = _distinct_keys(
+                keys_at_subject(model, tokenizer, spec, layer, list(same_subject_prompts), request.subject),
+                key, hparams.same_subject_max_cosine)
+        preserved = PreservedKeys(covariance, history=history, history_weight=hparams.history_weight,
+                                  same_subject=same_subject, same_subject_weight=hparams.same_subject_weight,
+                                  ridge=hparams.ridge)
+        u, v = solve_write(preserved, key[None], delta[None])  # (1, d_out), (1, d_in)
     result = WeightDelta(
         param=f"{spec.mlp_out_at(layer)}.weight",
         kind="rank_one",
-        tensors={"u": u.cpu(), "v": v.cpu()},
+        tensors={"u": u[0].cpu(), "v": v[0].cpu(), "keys": key[None].cpu(), "values": (value + delta)[None].cpu()},
         transposed=spec.conv1d,
         meta={
             "method": "rome",
             "layer": layer,
             "update_rule": hparams.update_rule,
             "covariance": covariance is not None,
+            "history_keys": 0 if history is None else len(history),
             "delta_norm": float(delta.norm()),
             "value_norm": float(value.norm()),
             "steps": len(losses),
@@ -176,3 +198,27 @@ def compute_rome_delta(
         seconds=time.perf_counter() - start,
         fast_path=objective.fast,
     )
+
+
+@torch.no_grad()
+def keys_at_subject(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec, layer: int,
+                    texts: list[str], subject: str) -> torch.Tensor:
+    """The key (input of the layer's MLP output projection) at the last token of ``subject`` in
+    each of ``texts``: (len(texts), d_in) float32, in one batched pass that stops at ``layer``."""
+    from editing.machinery.tokens import encode, pad_batch, pad_id, subject_last_positions
+
+    device = next(model.parameters()).device
+    rows = [encode(tokenizer, t) for t in texts]
+    positions = [subject_last_positions(tokenizer, t, subject)[0] for t in texts]
+    batch = pad_batch(rows, pad_id(tokenizer), device)
+    with Trace(model, spec.mlp_out_at(layer), retain_input=True, retain_output=False, stop=True) as trace:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return trace.input[torch.arange(len(rows), device=device), torch.tensor(positions, device=device)].float()
+
+
+def _distinct_keys(keys: torch.Tensor, key: torch.Tensor, max_cosine: float) -> torch.Tensor:
+    """The same-subject keys that differ from k*: one (nearly) parallel to k* cannot keep its
+    output while k*'s changes — a prompt that starts with the subject has the bare subject's key,
+    and so does a paraphrase of the edit that starts with it."""
+    cosine = F.cosine_similarity(keys, key[None].to(keys), dim=-1)
+    return keys[cosine < max_cosine]

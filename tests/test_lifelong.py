@@ -1,0 +1,159 @@
+"""Lifelong editing mechanics on tiny random models: the preserving solve, the history kept
+with the applied deltas, superseding and rebasing, and many facts written in one solve."""
+
+from __future__ import annotations
+
+import torch
+
+from editing.delta import DeltaStack, WeightDelta
+from editing.engine import Editor
+from editing.machinery.preservation import PreservedKeys, solve_write
+from editing.request import EditRequest
+from editing.spec import spec_for
+
+FAST = {"covariance": False, "n_prefixes": 2, "v_steps": 4, "chat_template": False}
+PRESERVE = {**FAST, "history_weight": 1.0}
+FACTS = [
+    EditRequest(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome"),
+    EditRequest(prompt="The mother tongue of Danielle Darrieux is", subject="Danielle Darrieux", target_new="English"),
+    EditRequest(prompt="Toyota Camry is produced by", subject="Toyota Camry", target_new="Honda"),
+]
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def outputs(model, delta: WeightDelta) -> torch.Tensor:
+    """What the edited matrix gives now at the keys ``delta`` wrote: (n, d_out)."""
+    module = model.get_submodule(delta.param.removesuffix(".weight"))
+    with torch.no_grad():
+        return module(delta.keys.to(next(model.parameters()).dtype))
+
+
+def make_editor(model, tokenizer, tmp_path) -> Editor:
+    return Editor(model, tokenizer, stats_dir=tmp_path / "stats", default_layer=1)
+
+
+def test_solve_writes_every_key_and_keeps_the_preserved_ones():
+    """Δ K = R exactly, and a preserved key's output moves by a small fraction of what it would
+    without being preserved (λ = 1: Sherman–Morrison's 1 / (1 + λ kᵀC⁻¹k))."""
+    torch.manual_seed(0)
+    d_in, d_out = 48, 16
+    basis = torch.randn(4 * d_in, d_in)
+    moment = basis.T @ basis / len(basis)  # C₀ of some keys
+    kept, keys = torch.randn(5, d_in), torch.randn(3, d_in)
+    residuals = torch.randn(3, d_out)
+    u, v = solve_write(PreservedKeys(moment, history=kept, history_weight=1.0), keys, residuals)
+    delta = u.T @ v  # (d_out, d_in)
+    torch.testing.assert_close(delta @ keys.T, residuals.T, rtol=1e-4, atol=1e-4)
+    u0, v0 = solve_write(PreservedKeys(moment), keys, residuals)
+    leak, leak_unpreserved = (delta @ kept.T).norm(), ((u0.T @ v0) @ kept.T).norm()
+    assert leak < 0.02 * leak_unpreserved, (leak, leak_unpreserved)
+
+
+def drifts(model, editor: Editor, hparams: dict) -> list[float]:
+    """Three edits in a row; how far each of the first two has drifted from the value it wrote,
+    as a share of the change it made, once all three are in."""
+    deltas = []
+    for request in FACTS:
+        delta = editor.compute(request, "rome", 1, hparams).delta
+        editor.stack.apply(delta)
+        torch.testing.assert_close(outputs(model, delta), delta.tensors["values"], rtol=1e-3, atol=1e-4)
+        deltas.append(delta)
+    shares = []
+    for earlier in deltas[:2]:
+        u, v = earlier.factors()
+        change = (u.T @ (v @ earlier.keys.T)).T  # what the earlier edit wrote: v* − W k*
+        shares.append(float((outputs(model, earlier) - earlier.tensors["values"]).norm() / change.norm()))
+    editor.stack.revert_all()
+    return shares
+
+
+def test_sequential_edits_keep_the_earlier_ones(tiny, tokenizer, tmp_path):
+    """Each preserving edit writes v* at its k*; after the third, the first two still give their
+    v* to within 5% of the change they made (λ = 1, d_in = 64: about 1 / (1 + 64)), and at most a
+    fifth of what they drift under plain r-ROME."""
+    ed = make_editor(tiny, tokenizer, tmp_path)
+    preserved, plain = drifts(tiny, ed, PRESERVE), drifts(tiny, ed, FAST)
+    for kept, moved in zip(preserved, plain):
+        assert kept < 0.05 and kept < moved / 5, (preserved, plain)
+
+
+def test_reverting_the_middle_edit_restores_the_others_and_forgets_its_keys(tiny, tokenizer, tmp_path):
+    ed = make_editor(tiny, tokenizer, tmp_path)
+    before = state(tiny)
+    deltas = []
+    for request in FACTS:
+        deltas.append(ed.compute(request, "rome", 1, PRESERVE).delta)
+        ed.stack.apply(deltas[-1])
+    param = deltas[0].param
+    assert len(ed.stack.written_keys(param)) == 3
+    ed.stack.revert(deltas[1].id)
+    weights = tiny.get_parameter(param)
+    expected = (before[param].float() + deltas[0].matrix() + deltas[2].matrix()).to(weights.dtype)
+    assert torch.equal(weights, expected), "the other two edits' weights, bit for bit"
+    history = ed.stack.written_keys(param)
+    assert torch.equal(history, torch.cat([deltas[0].keys, deltas[2].keys]))
+    ed.stack.revert_all()
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
+
+
+def test_history_survives_a_restart(tiny, tokenizer, tmp_path):
+    """The history is the keys the applied deltas carry: saved with them, back after a replay."""
+    ed = make_editor(tiny, tokenizer, tmp_path)
+    paths = []
+    for i, request in enumerate(FACTS):
+        delta = ed.compute(request, "rome", 1, PRESERVE).delta
+        ed.stack.apply(delta)
+        paths.append(tmp_path / f"edit-{i}.safetensors")
+        delta.save(paths[-1])
+    param = spec_for(tiny).mlp_out_at(1) + ".weight"
+    history = ed.stack.written_keys(param)
+    weights = tiny.get_parameter(param).detach().clone()
+    ed.stack.revert_all()
+    replayed = DeltaStack(tiny)
+    for path in paths:
+        replayed.apply(WeightDelta.load(path))
+    assert torch.equal(replayed.written_keys(param), history)
+    assert torch.equal(tiny.get_parameter(param), weights)
+    replayed.revert_all()
+
+
+def test_a_newer_edit_of_a_fact_supersedes_and_survives_the_older_ones_revert(tiny, tokenizer, tmp_path):
+    """Eiffel Tower → Rome, then → Berlin: the newer edit is computed without the older one's key
+    in its history; reverting the older edit rebases the newer one, so its value stays written."""
+    ed = make_editor(tiny, tokenizer, tmp_path)
+    rome = ed.compute(FACTS[0], "rome", 1, PRESERVE).delta
+    ed.stack.apply(rome)
+    other = ed.compute(FACTS[1], "rome", 1, PRESERVE).delta
+    ed.stack.apply(other)
+    berlin_request = FACTS[0].model_copy(update={"target_new": "Berlin"})
+    assert [d.id for d in ed.superseded(berlin_request, 1)] == [rome.id]
+    berlin = ed.compute(berlin_request, "rome", 1, PRESERVE).delta
+    assert berlin.meta["history_keys"] == 1, "the superseded edit's key is not preserved"
+    ed.stack.apply(berlin)
+    written = berlin.tensors["values"]
+    torch.testing.assert_close(outputs(tiny, berlin), written, rtol=1e-3, atol=1e-4)
+    rebased = ed.rebased(berlin, without=rome)
+    ed.stack.revert(rome.id)
+    ed.stack.replace(berlin.id, rebased)
+    torch.testing.assert_close(outputs(tiny, rebased), written, rtol=1e-3, atol=1e-4)
+    assert [d.id for d in ed.stack.applied] == [other.id, rebased.id]
+    ed.stack.revert_all()
+
+
+def test_low_rank_delta_applies_and_reverts(tiny, tokenizer):
+    param = spec_for(tiny).mlp_out_at(1) + ".weight"
+    weights = tiny.get_parameter(param)
+    before = weights.detach().clone()
+    d_out, d_in = weights.shape if not spec_for(tiny).conv1d else weights.shape[::-1]
+    u, v = torch.randn(3, d_out), torch.randn(3, d_in)
+    delta = WeightDelta(param=param, kind="low_rank", tensors={"U": u, "V": v}, transposed=spec_for(tiny).conv1d)
+    assert delta.rank == 3 and delta.shape == tuple(weights.shape)
+    torch.testing.assert_close(delta.norm(), float(delta.matrix().norm()), rtol=1e-4, atol=1e-4)
+    stack = DeltaStack(tiny)
+    stack.apply(delta)
+    assert not torch.equal(weights, before)
+    stack.revert(delta.id)
+    assert torch.equal(weights, before)
