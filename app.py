@@ -212,7 +212,8 @@ class Page:
         if turn is not None and turn.proposal is not None:
             view, p = turn.proposal, turn.proposal.proposal
             yield {"proposal_json": view.model_dump(mode="json"), "card": True, "pid": view.id, "subject": p.subject,
-                   "prompt": p.prompt, "target_new": p.target_new, "target_old": p.target_old or ""}
+                   "prompt": p.prompt, "target_new": p.target_new, "target_old": p.target_old or "",
+                   "supersede_note": supersede_note(view), "supersede_row": bool(view.supersedes)}
 
     def clean(self, caller: Caller) -> dict:
         """Clear this session's chat history (the same as typing `clean`)."""
@@ -244,6 +245,32 @@ class Page:
         self.assistant.cancel_edit(caller.session, pid)
         return {"card": False, "pid": "", "notice": "Proposal cancelled; nothing was changed."}
 
+    def revert_instead(self, caller: Caller, pid: str, password: str) -> dict:
+        """Revert the applied edit the proposal would supersede, instead of applying the proposal."""
+        record = self.assistant.revert_superseded(caller.session, pid, password, address=caller.address)
+        return {"card": False, "pid": "", "password": "",
+                "notice": f"Edit {record.id} reverted instead: {record.subject} → {record.target_new} is undone.",
+                "info": self.assistant.model_info(), "table": self.log_rows()}
+
+    def preview_import(self, path) -> dict:
+        """The rows of a corrections file (CSV with a header subject,prompt,target_new[,question], or
+        JSON Lines): each valid or saying why not."""
+        rows = self.assistant.preview_import(path)
+        bad = sum(r.error is not None for r in rows)
+        notice = (f"{len(rows)} correction(s) read; " + (f"**{bad} not valid** — fix or remove them, then import."
+                                                          if bad else "all valid. Enter the edit password to import."))
+        return {"import_preview": [[r.line, r.subject, r.prompt, r.target_new, r.question or "", r.error or "ok"]
+                                   for r in rows], "import_notice": notice}
+
+    def import_edits(self, caller: Caller, path, password: str, progress=None) -> dict:
+        """Import a corrections file (needs the edit password): every fact in one solve, one log row each."""
+        report = self.assistant.import_edits(caller.session, path, password, progress, address=caller.address)
+        first, last = report.edits[0].id, report.edits[-1].id
+        return {"import_notice": f"Imported {len(report.edits)} correction(s) as edits {first}–{last} in "
+                                 f"{report.seconds:.1f} s (layer {report.layer}); the model now gives "
+                                 f"{report.landed} of them. Reverting any of them reverts the whole import.",
+                "import_password": "", "info": self.assistant.model_info(), "table": self.log_rows()}
+
     def keep(self) -> dict:
         return {"result_card": False}
 
@@ -253,8 +280,9 @@ class Page:
         if edit_id is None:
             raise PageError("Choose the id of an applied edit first.")
         record = self.assistant.revert_edit(caller.session, edit_id, password, address=caller.address)
-        return {"notice": f"Edit {record.id} reverted: {record.subject} → {record.target_new} is undone and the "
-                          "weights are back to what they were without it.",
+        batch = " with the rest of its import" if record.batch_id else ""
+        return {"notice": f"Edit {record.id} reverted{batch}: {record.subject} → {record.target_new} is undone and "
+                          "the weights are back to what they were without it.",
                 "info": self.assistant.model_info(), "table": self.log_rows(), "password": ""}
 
     def save(self, caller: Caller, password: str) -> dict:
@@ -352,7 +380,7 @@ def build_ui(assistant):
             component = components[(rename or {}).get(name, name)]
             if value is SKIP:
                 value = gr.skip()
-            elif name in ("card", "result_card"):
+            elif name in ("card", "result_card", "supersede_row"):
                 value = gr.update(visible=value)
             elif name == "tab":
                 value = gr.Tabs(selected=value)
@@ -422,6 +450,21 @@ def build_ui(assistant):
     def cancel(pid: str, request: gr.Request):
         """Drop the pending proposal `pid`."""
         return values(page.cancel(caller(request), pid))
+
+    @guarded
+    def revert_instead(pid: str, password: str, request: gr.Request):
+        """Revert the applied edit that the pending proposal `pid` would supersede, and drop the proposal."""
+        return values(page.revert_instead(caller(request), pid, password))
+
+    @guarded
+    def preview_import(path: str | None):
+        """Read a corrections file (CSV or JSON Lines): every row, valid or with what is wrong."""
+        return values(page.preview_import(path))
+
+    @guarded
+    def import_edits(path: str | None, password: str, request: gr.Request, progress=gr.Progress()):
+        """Import a corrections file (needs the edit password): one solve, one log row per fact."""
+        return values(page.import_edits(caller(request), path, password, reporter(progress)))
 
     @guarded
     def revert_last(edit_id: float, password: str, request: gr.Request):
@@ -514,6 +557,9 @@ def build_ui(assistant):
                                           label=f"Layer (0–{assistant.depth - 1})")
                         auto_layer = gr.Checkbox(False, label="Choose the layer automatically (logit lens)")
                         c["password"] = gr.Textbox(type="password", label="Edit password")
+                    with gr.Row(visible=False) as c["supersede_row"]:
+                        c["supersede_note"] = gr.Markdown()
+                        revert_instead_btn = gr.Button("Revert that edit instead", scale=0)
                     with gr.Row():
                         apply_btn = gr.Button("Apply edit", variant="primary")
                         cancel_btn = gr.Button("Cancel")
@@ -540,6 +586,19 @@ def build_ui(assistant):
                     inspect_btn = gr.Button("Inspect")
                 c["log_notice"] = gr.Markdown()
                 c["detail"] = gr.JSON(label="Edit detail")
+                with gr.Accordion("Import corrections", open=False):
+                    gr.Markdown("A CSV file with the header `subject,prompt,target_new` (optionally `question`) or "
+                                "JSON Lines with those keys, one fact per row (at most 200). Every fact is written in "
+                                "one solve; each gets its own log row, and the import is reverted as one.")
+                    with gr.Row():
+                        import_file = gr.File(label="Corrections file", file_types=[".csv", ".jsonl", ".json"],
+                                              type="filepath")
+                        with gr.Column():
+                            c["import_password"] = gr.Textbox(type="password", label="Edit password")
+                            import_btn = gr.Button("Import corrections", variant="primary")
+                    c["import_notice"] = gr.Markdown()
+                    c["import_preview"] = gr.Dataframe(headers=["line", "subject", "prompt", "new answer", "question",
+                                                                "check"], interactive=False, wrap=True)
                 with gr.Row():
                     export_fmt = gr.Radio(["CSV", "JSON"], value="CSV", label="Export format")
                     export_btn = gr.Button("Export log")
@@ -567,7 +626,7 @@ def build_ui(assistant):
             return [c[n] for n in names]
 
         chat_out = out("chatbot", "msg", "notice", "proposal_json", "card", "pid", "subject", "prompt", "target_new",
-                       "target_old")
+                       "target_old", "supersede_note", "supersede_row")
         card_fields = out("pid", "password", "subject", "prompt", "target_new") + [method, layer, auto_layer]
         # a message sent while an answer streams runs right after it instead of being dropped
         send.click(chat, [c["msg"], temperature, max_new_tokens], chat_out, api_name="chat", trigger_mode="always_last")
@@ -578,6 +637,8 @@ def build_ui(assistant):
         apply_btn.click(apply, card_fields, out("result_md", "result_card", "card", "password", "info", "last_edit",
                                                 "report_json", "table"), api_name="apply_edit")
         cancel_btn.click(cancel, [c["pid"]], out("card", "pid", "notice"), api_name="cancel_edit")
+        revert_instead_btn.click(revert_instead, out("pid", "password"),
+                                 out("card", "pid", "password", "notice", "info", "table"), api_name="revert_instead")
         keep_btn.click(lambda: values(page.keep()), None, out("result_card"), api_name="keep_edit",
                        api_visibility="private")
         revert_now.click(revert_last, out("last_edit", "result_password"),
@@ -594,6 +655,10 @@ def build_ui(assistant):
                          api_name="revert_edit")
         save_btn.click(save, out("log_password"), out("log_notice", "log_password"), api_name="save_checkpoint")
         export_btn.click(export, [export_fmt], out("export_file"), api_name="export_edits")
+        import_file.change(preview_import, [import_file], out("import_preview", "import_notice"),
+                           api_name="preview_import")
+        import_btn.click(import_edits, [import_file, c["import_password"]],
+                         out("import_notice", "import_password", "info", "table"), api_name="import_edits")
         inspect_btn.click(inspect_edit, out("edit_id"), out("inspect_prompt", "inspect_subject", "inspect_target",
                                                             "inspect_layer", "tab"),
                           api_name="inspect_edit", api_visibility="private")
@@ -605,6 +670,17 @@ def build_ui(assistant):
         demo.load(lambda: values(page.refresh()), None, out("info", "table"), api_name="refresh",
                   api_visibility="private")
     return demo
+
+
+def supersede_note(view) -> str:
+    """The card's line about applied edits of the same fact the proposal would supersede."""
+    if not view.supersedes:
+        return ""
+    latest = view.supersedes[-1]
+    earlier = "".join(f", #{e.id} (→ {e.target_new})" for e in view.supersedes[:-1])
+    return (f"⚠ This fact was edited before: edit **#{latest.id}** (→ **{latest.target_new}**){earlier}. "
+            "Applying supersedes it (the newer answer wins; reverting either later keeps the model consistent). "
+            f"To go back to what the model said before edit #{latest.id}, revert it instead.")
 
 
 def render_report(report) -> str:
@@ -632,6 +708,9 @@ def render_report(report) -> str:
                     f"Edit applied, but the model does not give the new answer yet (P(new) = {a.target_prob:.1%}): "
                     "try another layer or method, or revert it.")
     note = f"\n\n_{a.note}_" if a.note else ""
+    if report.supersedes:
+        note += f"\n\nSupersedes edit{'s' if len(report.supersedes) > 1 else ''} " + \
+            ", ".join(f"#{i}" for i in report.supersedes) + " (same fact; still in the log as applied)."
     return (f"### {headline}\nEdit **#{e.id}**: {e.subject} — “{e.prompt}” → **{e.target_new}** "
             f"({report.method.upper()}, layer {report.layer}, {report.seconds:.1f} s)\n\n"
             f"| | before | after |\n|---|---|---|\n{table}{note}")

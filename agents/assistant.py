@@ -30,7 +30,8 @@ from agents.chat import (
 from agents.inspection import InspectionService
 from agents.intent import IntentAgent
 from agents.proposal import EditProposal
-from agents.service import METHODS, EditReport, EditService
+from agents.service import METHODS, BatchReport, EditReport, EditService, EditServiceError
+from editing.facts import FactRow
 from storage.records import CheckpointRecord, EditRecord
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,27 @@ log = logging.getLogger(__name__)
 CLEARED_NOTICE = {"en": "Chat history cleared. The next answer comes from the model's weights alone.",
                   "zh": "对话历史已清空。接下来的回答只来自模型权重。"}
 EMPTY_NOTICE = "Type a message first (an empty message is ignored)."
+MAX_IMPORT_BYTES = 2_000_000
 TOO_LONG_NOTICE = ("Your message has {n:,} characters; at most {limit:,} are read. Shorten it, or send the question "
                    "on its own.")
 
 
+class SupersededEdit(BaseModel):
+    """An applied edit of the same fact that the proposal would supersede."""
+
+    id: int
+    target_new: str
+
+
 class ProposalView(BaseModel):
-    """What the confirmation card shows; ``id`` is the one-time handle for Apply."""
+    """What the confirmation card shows; ``id`` is the one-time handle for Apply; ``supersedes``
+    are applied edits of the same fact (the card offers to revert the latest instead)."""
 
     id: str
     proposal: EditProposal
     method: str
     layer: int
+    supersedes: list[SupersededEdit] = []
 
 
 @dataclass
@@ -152,7 +163,10 @@ class Assistant:
 
     def _register(self, session: str, proposal: EditProposal) -> ProposalView:
         pid = self.service.register(session, proposal)
-        return ProposalView(id=pid, proposal=proposal, method=self.default_method, layer=self.default_layer)
+        supersedes = [SupersededEdit(id=r.id, target_new=r.target_new)
+                      for r in self.service.superseded_by(proposal.subject, proposal.prompt)]
+        return ProposalView(id=pid, proposal=proposal, method=self.default_method, layer=self.default_layer,
+                            supersedes=supersedes)
 
     # -- edits ------------------------------------------------------------------------------
 
@@ -171,6 +185,26 @@ class Assistant:
 
     def revert_edit(self, session: str, edit_id: int, password: str, address: str | None = None) -> EditRecord:
         return self.service.revert(session, edit_id, password, address)
+
+    def revert_superseded(self, session: str, pid: str, password: str, address: str | None = None) -> EditRecord:
+        """"Revert edit N instead": revert the latest applied edit of the proposal's fact and drop
+        the proposal (a correction back to what the model said before edit N)."""
+        view = self.service.pending(session, pid)
+        superseded = self.service.superseded_by(view.subject, view.prompt)
+        if not superseded:
+            raise EditServiceError("No applied edit of this fact is left to revert; apply the proposal instead.")
+        record = self.service.revert(session, superseded[-1].id, password, address)
+        self.service.cancel(session, pid)
+        return record
+
+    def preview_import(self, path: str | Path) -> list[FactRow]:
+        """The rows of an uploaded corrections file (CSV or JSON Lines), each valid or saying why not."""
+        return self.service.preview_import(*_read_upload(path))
+
+    def import_edits(self, session: str, path: str | Path, password: str, progress=None,
+                     address: str | None = None) -> BatchReport:
+        text, name = _read_upload(path)
+        return self.service.import_edits(session, text, name, password, progress=progress, address=address)
 
     def list_edits(self, status: str | None = None, search: str | None = None) -> list[EditRecord]:
         return self.service.log.edits(status=status, search=search)
@@ -213,6 +247,21 @@ class Assistant:
         if self.replay_problems:
             line += f" · ⚠ {len(self.replay_problems)} logged edit(s) could not be replayed"
         return line
+
+
+def _read_upload(path: str | Path) -> tuple[str, str]:
+    """(text, file name) of an uploaded file: UTF-8, at most ``MAX_IMPORT_BYTES``."""
+    if not path:
+        raise EditServiceError("Choose a CSV or JSON Lines file of corrections first.")
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_IMPORT_BYTES:
+            raise EditServiceError(f"The file is {path.stat().st_size:,} bytes; at most {MAX_IMPORT_BYTES:,} are read.")
+        return path.read_bytes().decode("utf-8"), path.name
+    except UnicodeDecodeError as exc:
+        raise EditServiceError("The file is not UTF-8 text; save it as CSV (UTF-8) or JSON Lines.") from exc
+    except OSError as exc:
+        raise EditServiceError(f"The file cannot be read ({exc.strerror or exc}).") from exc
 
 
 def _proposal_sentence(view: ProposalView) -> str:

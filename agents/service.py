@@ -34,8 +34,9 @@ from agents.locks import RWLock
 from agents.probes import Probe, Prober
 from agents.proposal import EditProposal
 from editing.delta import WeightDelta
-from editing.engine import Editor
+from editing.engine import Editor, same_fact
 from editing.errors import DeltaMismatch, EditingError
+from editing.facts import FactRow, read_facts
 from editing.fingerprint import weights_checksum
 from editing.hparams import hparams_for
 from editing.request import EditRequest
@@ -51,6 +52,7 @@ PROPOSAL_TTL_S = 3600
 MAX_PENDING = 1000  # proposals held at once, over all sessions (the oldest go first)
 OVERRIDABLE = ("subject", "prompt", "target_new", "target_old", "question")
 METHODS = ("rome", "ft")
+FACT_FIELDS = {"subject", "prompt", "target_new"}  # what makes a log row an edit request
 
 class EditServiceError(Exception):
     """An edit could not be done; the message is meant for the person."""
@@ -82,12 +84,29 @@ class EditReport(BaseModel):
     layer: int
     method: str
     weights_version: int  # the weights the report describes
+    supersedes: list[int] = []  # applied edits of the same fact that this one overrides (still applied)
 
     @property
     def lands(self) -> bool:
         """Whether the edited model now gives the new answer after the prompt (each of its
         tokens the top choice): an edit that did not is applied, and the card says so."""
         return self.after.predicted
+
+
+class BatchReport(BaseModel):
+    """An imported file of corrections: one log row per fact, all written by one delta."""
+
+    edits: list[EditRecord]
+    before: list[Probe]  # P(new)/P(old) per fact, in the file's order
+    after: list[Probe]
+    seconds: float
+    engine_seconds: float
+    layer: int
+
+    @property
+    def landed(self) -> int:
+        """How many facts the model now gives (each token of the new answer its top choice)."""
+        return sum(a.predicted for a in self.after)
 
 
 class EditService:
@@ -258,6 +277,7 @@ class EditService:
         report = progress or (lambda *a: None)
         report("checking the model's current answer", 0, 1, None)
         before = self._before(pending, request, proposal.target_old)
+        supersedes = [r.id for r in self.superseded_by(request.subject, request.text)]
         start = time.perf_counter()
         try:
             record = self.log.add_pending(
@@ -307,7 +327,104 @@ class EditService:
         log.info("edit %d applied: %s -> %s (%s, layer %d, %.1f s)", record.id, record.subject, record.target_new,
                  method, layer, seconds)
         return EditReport(edit=record, before=before, after=after, seconds=seconds, layer=layer, method=method,
-                          weights_version=self.stack.version, engine_seconds=outcome.seconds)
+                          weights_version=self.stack.version, engine_seconds=outcome.seconds, supersedes=supersedes)
+
+    # -- many facts at once --------------------------------------------------------------
+
+    def preview_import(self, text: str, name: str = "") -> list[FactRow]:
+        """The rows of a corrections file, each valid or saying why not (also: too long for this
+        model's tokenizer, the same fact twice in the file)."""
+        try:
+            rows = read_facts(text, name)
+        except ValueError as exc:
+            raise EditServiceError(f"The file cannot be imported: {exc}.") from exc
+        seen: dict[tuple[str, str], int] = {}
+        checked = []
+        for row in rows:
+            if row.error is None:
+                request = row.request()
+                try:
+                    request.check_lengths(self.loaded.tokenizer)
+                except EditingError as exc:
+                    row = row.model_copy(update={"error": str(exc)})
+                key = (" ".join(request.subject.split()).casefold(), " ".join(request.text.split()).casefold())
+                if row.error is None and key in seen:
+                    row = row.model_copy(update={"error": f"the same fact as line {seen[key]}"})
+                seen.setdefault(key, row.line)
+            checked.append(row)
+        return checked
+
+    def import_edits(self, session: str, text: str, name: str, password: str, *, progress: ProgressFn | None = None,
+                     address: str | None = None) -> BatchReport:
+        """Write every fact of a corrections file in one ROME solve (``Editor.compute_batch``):
+        one log row per fact, one delta for all of them, reverted as one.  Refused, with every
+        bad line named, unless every row is valid."""
+        self._check_password(password, session, "import_edits", address)
+        rows = self.preview_import(text, name)
+        bad = [r for r in rows if r.error]
+        if bad:
+            listed = "; ".join(f"line {r.line}: {r.error}" for r in bad[:10]) + (" …" if len(bad) > 10 else "")
+            raise EditServiceError(f"Nothing was imported: {len(bad)} of {len(rows)} rows are not valid ({listed}). "
+                                   "Fix or remove them and import again.")
+        if not rows:
+            raise EditServiceError("The file holds no corrections (a CSV needs a header: subject,prompt,target_new).")
+        with self._edit_mutex:
+            return self._apply_batch(session, rows, progress)
+
+    def _apply_batch(self, session: str, rows: list[FactRow], progress: ProgressFn | None) -> BatchReport:
+        report = progress or (lambda *a: None)
+        requests = [r.request() for r in rows]
+        report("checking the model's current answers", 0, len(rows), None)
+        before = [self.prober.scores(q, r.target_old) for q, r in zip(requests, rows)]
+        layer = self.editor.default_layer
+        start = time.perf_counter()
+        try:
+            records = self.log.add_pending_batch(
+                [{"subject": q.subject, "prompt": q.text, "question": q.question, "target_old": r.target_old,
+                  "target_new": q.target_new, "before": b.model_dump()} for q, r, b in zip(requests, rows, before)],
+                session=session, method="rome", layer=layer, model_fingerprint=self.editor.fingerprint,
+                model_name=self.loaded.name)
+        except LogUnavailable as exc:
+            raise EditServiceError(f"Nothing was imported: {exc}.") from exc
+        path: Path | None = None
+        delta: WeightDelta | None = None
+        applied = False
+        try:
+            with self.lock.read():  # computing only reads the weights; chat may continue
+                outcome = self.editor.compute_batch(requests, layer, self.hparams.get("rome"), progress=progress)
+            delta = outcome.delta
+            report("writing weights", len(rows), len(rows), None)
+            path = self.deltas_dir / f"batch-{records[0].id:05d}-{delta.id}.safetensors"
+            digest = delta.save(path)
+            with self.editor.changing_weights(), self.lock.write():
+                self.stack.apply(delta)
+                applied = True
+            after = [self.prober.scores(q, r.target_old) for q, r in zip(requests, rows)]
+            seconds = round(time.perf_counter() - start, 2)
+            records = self.log.change({r.id: "applied" for r in records}, {
+                r.id: {"delta_id": delta.id, "delta_path": str(path), "delta_sha256": digest, "after": a.model_dump(),
+                       "hparams": delta.meta.get("hparams", {}), "seconds": seconds}
+                for r, a in zip(records, after)})
+        except BaseException as exc:
+            if applied and delta is not None:
+                with self.editor.changing_weights(), self.lock.write():
+                    self.stack.revert(delta.id)
+            if path is not None:
+                path.unlink(missing_ok=True)
+                Path(f"{path}.json").unlink(missing_ok=True)
+            try:
+                self.log.change({r.id: "failed" for r in records}, {r.id: {"error": _short(exc)} for r in records})
+            except LogUnavailable:  # still pending: the next start marks them failed
+                log.exception("the batch of edits %d–%d could not be marked failed", records[0].id, records[-1].id)
+            if isinstance(exc, EditingError):
+                raise EditServiceError(f"The import failed and nothing was changed: {_short(exc)}") from exc
+            if isinstance(exc, (LogUnavailable, OSError)):
+                raise EditServiceError(f"The import was undone and nothing was changed: {_short(exc)}.") from exc
+            raise
+        log.info("batch of %d edits applied (%d–%d, layer %d, %.1f s)", len(records), records[0].id, records[-1].id,
+                 layer, seconds)
+        return BatchReport(edits=records, before=before, after=after, seconds=seconds, layer=layer,
+                           engine_seconds=outcome.seconds)
 
     def finish(self, report: EditReport) -> Iterator[EditReport]:
         """The slow part of the "after" column, one piece at a time, each yielded as the report
@@ -338,7 +455,21 @@ class EditService:
         for path in self.deltas_dir.glob(f"edit-{edit_id:05d}-*"):
             path.unlink(missing_ok=True)
 
+    def superseded_by(self, subject: str, prompt: str) -> list[EditRecord]:
+        """The applied edits of the same fact — the same subject and prompt, case and spacing
+        aside — that an edit of (subject, prompt) would supersede, oldest first."""
+        try:
+            request = EditRequest(prompt=prompt, subject=subject, target_new="-")
+        except (ValidationError, EditingError):
+            return []
+        return [r for r in self.log.applied() if same_fact(r.model_dump(include=FACT_FIELDS), request)]
+
     def revert(self, session: str, edit_id: int, password: str, address: str | None = None) -> EditRecord:
+        """Revert an applied edit (and the rest of its batch, if it was imported with others).
+
+        An edit that a later applied edit supersedes (same fact, same layer) is reverted so that
+        the later one keeps the value it wrote: that one is rebased onto the weights without it
+        (``Editor.rebased``), its new delta saved and logged in the same transaction."""
         self._check_password(password, session, "revert_edit", address)
         with self._edit_mutex:
             try:
@@ -350,14 +481,51 @@ class EditService:
             if record.delta_id not in self.stack:
                 raise EditServiceError(f"Edit {edit_id} is logged as applied but is not in the model: it was not "
                                        "replayed at start-up (see the problems shown then); nothing to revert.")
+            rows = self.log.batch(record.batch_id) if record.batch_id else [record]
+            rows = [r for r in rows if r.status == "applied"]
+            delta = next(d for d in self.stack.applied if d.id == record.delta_id)
+            rebase = self._rebase_for(delta, rows)
+            fields = {}
+            if rebase is not None:
+                successor, rebased, path, digest = rebase
+                fields[successor.id] = {"delta_id": rebased.id, "delta_path": str(path), "delta_sha256": digest}
             with self.editor.changing_weights(), self.lock.write():
-                self.stack.revert(record.delta_id)
+                self.stack.revert(delta.id)
+                if rebase is not None:
+                    self.stack.replace(successor.delta_id, rebased)
             try:
-                return self.log.transition(edit_id, "reverted")
+                changed = self.log.change({r.id: "reverted" for r in rows}, fields)
             except BaseException:
                 with self.editor.changing_weights(), self.lock.write():  # keep model and log in agreement
+                    if rebase is not None:
+                        self.stack.replace(rebased.id, WeightDelta.load(successor.delta_path))
                     self.stack.apply(WeightDelta.load(record.delta_path))
+                if rebase is not None:
+                    Path(path).unlink(missing_ok=True)
                 raise
+            if rebase is not None and successor.delta_path:
+                Path(successor.delta_path).unlink(missing_ok=True)  # replaced by the rebased delta
+                Path(f"{successor.delta_path}.json").unlink(missing_ok=True)
+            return next(r for r in changed if r.id == edit_id)
+
+    def _rebase_for(self, delta: WeightDelta, rows: list[EditRecord]):
+        """The first later applied single edit that supersedes one of ``rows`` on the same matrix,
+        rebased without ``delta`` and saved: (its record, the rebased delta, path, sha256) or None."""
+        if delta.keys is None or len(rows) != 1:
+            return None
+        fact = _fact(rows[0])
+        if fact is None:
+            return None
+        later = [r for r in self.log.applied() if r.id > rows[0].id and not r.batch_id and r.layer == rows[0].layer
+                 and same_fact(r.model_dump(include=FACT_FIELDS), fact)]
+        for successor in later:
+            newer = next((d for d in self.stack.applied if d.id == successor.delta_id), None)
+            if newer is None or newer.keys is None or newer.param != delta.param:
+                continue
+            rebased = self.editor.rebased(newer, without=delta)
+            path = self.deltas_dir / f"edit-{successor.id:05d}-{rebased.id}.safetensors"
+            return successor, rebased, path, rebased.save(path)
+        return None
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -379,7 +547,10 @@ class EditService:
         self._remove_unlisted_files()
         for folder in remove_unfinished(self.checkpoints_dir):
             log.warning("removed %s, a checkpoint a stop of the app left unfinished", folder)
+        replayed: set[str] = set()
         for record in self.log.applied():
+            if record.delta_id in replayed:  # the other facts of a batch share its delta
+                continue
             try:
                 if record.model_fingerprint and record.model_fingerprint != self.editor.fingerprint:
                     raise DeltaMismatch(f"it was made for another model ({record.model_fingerprint})")
@@ -388,6 +559,7 @@ class EditService:
                 delta = WeightDelta.load(record.delta_path, expected_sha256=record.delta_sha256)
                 with self.editor.changing_weights(), self.lock.write():
                     self.stack.apply(delta)
+                replayed.add(delta.id)
             except (DeltaMismatch, OSError, KeyError) as exc:
                 problems.append(f"edit {record.id} ({record.subject} → {record.target_new}) not replayed: {exc}")
                 log.warning(problems[-1])
@@ -440,6 +612,13 @@ class EditService:
 
 _FIELD_NAMES = {"subject": "subject", "prompt": "prompt", "target_new": "new answer", "target_old": "current answer",
                 "question": "question"}
+
+
+def _fact(record: EditRecord) -> EditRequest | None:
+    try:
+        return EditRequest(prompt=record.prompt, subject=record.subject, target_new=record.target_new)
+    except (ValidationError, EditingError):
+        return None
 
 
 def _short(exc: BaseException) -> str:

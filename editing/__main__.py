@@ -3,7 +3,11 @@
     python -m editing edit --prompt "The Eiffel Tower is located in the city of" \
         --subject "Eiffel Tower" --target Rome [--method rome|ft] [--layer N] [--model smollm2] \
         [--save-delta PATH] [--no-covariance]
+    python -m editing edit --batch FILE [--model smollm2] [--layer N] [--save-delta PATH]
     python -m editing stats --layer N [--model smollm2] [--tokens 20000] [--corpus PATH]
+
+``--batch`` reads a corrections file (CSV with a header subject,prompt,target_new[,question], or
+JSON Lines; ``editing.facts``) and writes every fact in one ROME solve.
 """
 
 from __future__ import annotations
@@ -36,7 +40,55 @@ def _bar(desc: str):
     return bar, update
 
 
+def cmd_batch(args) -> int:
+    from pathlib import Path
+
+    from editing.facts import read_facts
+    from editing.hparams import cli_overrides, hparams_for
+    from editing.machinery.probe import target_probability
+
+    rows = read_facts(Path(args.batch).read_text(encoding="utf-8"), args.batch)
+    bad = [r for r in rows if r.error]
+    for row in bad:
+        print(f"line {row.line}: {row.error}", file=sys.stderr)
+    if bad or not rows:
+        print(f"error: {len(bad)} of {len(rows)} rows are not valid; nothing was edited", file=sys.stderr)
+        return 2
+    loaded, editor = _load(args)
+    model, tok = loaded.model, loaded.tokenizer
+    requests = [r.request() for r in rows]
+    before = [target_probability(model, tok, q.text, q.target_new) for q in requests]
+    hparams = hparams_for("rome", cli_overrides("rome", args.set, args.no_covariance))
+
+    shown = set()
+
+    def progress(stage, step, total, loss):
+        fact = stage.split(":")[0]  # "fact 3 of 10: optimising" -> "fact 3 of 10"
+        if fact not in shown:
+            shown.add(fact)
+            print(f"  {fact}", file=sys.stderr)
+
+    start = time.perf_counter()
+    layer = None if args.layer == "auto" else args.layer
+    outcome = editor.compute_batch(requests, layer, hparams, progress=progress)
+    seconds = time.perf_counter() - start
+    editor.stack.apply(outcome.delta)
+    for q, p0 in zip(requests, before):
+        p1 = target_probability(model, tok, q.text, q.target_new)
+        print(f"{q.text!r} -> {q.target_new!r}: P {p0:.4f} -> {p1:.4f}")
+    print(f"{len(requests)} facts in one solve at layer {outcome.layer}: {seconds:.1f} s, |ΔW| = {outcome.delta.norm():.4f}")
+    if args.save_delta:
+        digest = outcome.delta.save(args.save_delta)
+        print(f"delta saved to {args.save_delta} (sha256 {digest[:16]}…)")
+    return 0
+
+
 def cmd_edit(args) -> int:
+    if args.batch:
+        return cmd_batch(args)
+    if not (args.prompt and args.subject and args.target):
+        print("error: edit needs --prompt, --subject and --target (or --batch FILE)", file=sys.stderr)
+        return 2
     from editing.machinery.probe import greedy_completion, target_probability
     from editing.request import EditRequest
 
@@ -108,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--layer", type=_layer, default=None, help="a layer index, or auto (the logit lens)")
         p.add_argument("--corpus", default="self", help="statistics corpus: self, a .txt file or folder, hf:<name>")
     edit = sub.choices["edit"]
-    edit.add_argument("--prompt", required=True)
-    edit.add_argument("--subject", required=True)
-    edit.add_argument("--target", required=True)
+    edit.add_argument("--prompt")
+    edit.add_argument("--subject")
+    edit.add_argument("--target")
+    edit.add_argument("--batch", metavar="FILE", help="a CSV / JSON Lines file of corrections, written in one solve")
     edit.add_argument("--question", default=None, help="chat form of the prompt, e.g. 'Where is the Eiffel Tower?'")
     edit.add_argument("--method", default="rome", choices=["rome", "ft"])
     edit.add_argument("--save-delta", default=None)

@@ -35,11 +35,11 @@ from editing.machinery.context import sample_prefixes
 from editing.machinery.covariance import Corpus, CovarianceCache
 from editing.machinery.forward import PassChecks
 from editing.machinery.objective import ProgressFn
-from editing.machinery.relations import same_subject_prompts
+from editing.machinery.relations import other_subject_prompts, same_subject_prompts
 from editing.machinery.rows import ChatPromptFn
 from editing.machinery.suffix import PrefixCache
 from editing.methods.ft import compute_ft_delta
-from editing.methods.rome import compute_rome_delta
+from editing.methods.rome import compute_rome_batch, compute_rome_delta
 from editing.request import EditRequest
 from editing.spec import n_layers, spec_for
 from runtime.conversation import Conversation
@@ -176,26 +176,15 @@ class Editor:
         stats_seconds = 0.0
         if method == "rome":
             assert isinstance(hparams, ROMEHyperParams)
-            templates = self.templates(request.language, hparams.n_prefixes, hparams.prefix_lengths)
-            covariance = None
-            if hparams.covariance:
-                stats_progress = (lambda done, total: progress("statistics", done, total, None)) if progress else None
-                covariance = self.statistics(layer, hparams.mom2_n_tokens, stats_progress)
-                stats_seconds = 0.0 if self.covariance.last_from_cache else self.covariance.last_seconds
-            history = None
-            if hparams.history_weight > 0:  # the keys earlier edits wrote here, but of one this edit supersedes
-                superseded = {d.id for d in self.superseded(request, layer)}
-                history = self.stack.written_keys(f"{self.spec.mlp_out_at(layer)}.weight", exclude=superseded)
-            same_subject = []
-            if hparams.same_subject_weight > 0 or hparams.locality_kl_factor > 0:
-                same_subject = same_subject_prompts(request.subject, request.language, request.text,
-                                                    hparams.same_subject_prompts)
+            covariance, stats_seconds = self._covariance(hparams, layer, progress)
+            same_subject = self._same_subject(request, hparams)
             result = compute_rome_delta(
                 self.model, self.tokenizer, request, hparams, self.spec, layer,
-                templates=templates, covariance=covariance, chat_prompt=chat_prompt,
+                templates=self.templates(request.language, hparams.n_prefixes, hparams.prefix_lengths),
+                covariance=covariance, chat_prompt=chat_prompt,
                 locality_prompts=list(locality_prompts) or same_subject, progress=progress,
-                prefix_cache=self.prefix_cache, checks=self.checks, history=history,
-                same_subject_prompts=same_subject,
+                prefix_cache=self.prefix_cache, checks=self.checks, history=self._history([request], hparams, layer),
+                same_subject_prompts=same_subject, other_subject_prompts=self._other_subjects(request, hparams),
             )
         elif method == "ft":
             assert isinstance(hparams, FTHyperParams)
@@ -226,6 +215,77 @@ class Editor:
             stats_seconds=stats_seconds,
         )
 
+    def compute_batch(
+        self,
+        requests: list[EditRequest],
+        layer: int | None = None,
+        hparams: ROMEHyperParams | dict | None = None,
+        *,
+        progress: ProgressFn | None = None,
+    ) -> EditOutcome:
+        """Many facts in one ROME solve (``editing.methods.rome.compute_rome_batch``): one
+        low-rank delta that writes every fact, reverted as one."""
+        start = time.perf_counter()
+        if not isinstance(hparams, BaseModel):
+            hparams = hparams_for("rome", hparams)
+        if not requests:
+            raise ValueError("a batch needs at least one fact")
+        for request in requests:
+            request.check_lengths(self.tokenizer)
+        layer = self.resolve_layer(layer)
+        covariance, stats_seconds = self._covariance(hparams, layer, progress)
+        templates = {r.language: self.templates(r.language, hparams.n_prefixes, hparams.prefix_lengths)
+                     for r in requests}
+        result = compute_rome_batch(
+            self.model, self.tokenizer, requests, hparams, self.spec, layer, templates=templates,
+            covariance=covariance, chat_prompt=self.chat_prompt if hparams.chat_template else None,
+            same_subject_prompts={r.subject: self._same_subject(r, hparams) for r in requests},
+            other_subject_prompts=[p for r in requests for p in self._other_subjects(r, hparams)],
+            progress=progress, prefix_cache=self.prefix_cache, checks=self.checks,
+            history=self._history(requests, hparams, layer),
+        )
+        target_prob = sum(v.target_prob for v in result.values) / len(result.values)
+        result.delta.meta.update(
+            requests=[r.model_dump() for r in requests], hparams=hparams.model_dump(),
+            model_fingerprint=self.fingerprint, corpus=self.corpus.id() if hparams.covariance else None,
+            seconds=round(time.perf_counter() - start, 3), target_prob=target_prob,
+        )
+        return EditOutcome(delta=result.delta, method="rome", layer=layer, seconds=time.perf_counter() - start,
+                           target_prob=target_prob, losses=[v.losses[-1] for v in result.values if v.losses],
+                           stats_seconds=stats_seconds)
+
+    def _covariance(self, hparams: ROMEHyperParams, layer: int, progress: ProgressFn | None):
+        """(C₀ at ``layer`` or None, seconds spent computing it now)."""
+        if not hparams.covariance:
+            return None, 0.0
+        stats_progress = (lambda done, total: progress("statistics", done, total, None)) if progress else None
+        covariance = self.statistics(layer, hparams.mom2_n_tokens, stats_progress)
+        return covariance, 0.0 if self.covariance.last_from_cache else self.covariance.last_seconds
+
+    def _history(self, requests: list[EditRequest], hparams: ROMEHyperParams, layer: int):
+        """The keys earlier applied edits wrote at ``layer``, but those of edits these supersede."""
+        if hparams.history_weight <= 0:
+            return None
+        param = f"{self.spec.mlp_out_at(layer)}.weight"
+        kept = []
+        for delta in self.stack.applied:
+            if delta.param != param or delta.keys is None:
+                continue
+            recorded = delta.meta.get("requests", [delta.meta.get("request")] * len(delta.keys))
+            kept += [key for key, fact in zip(delta.keys.float(), recorded)
+                     if not any(same_fact(fact, r) for r in requests)]
+        return torch.stack(kept) if kept else None
+
+    def _same_subject(self, request: EditRequest, hparams: ROMEHyperParams) -> list[str]:
+        if hparams.same_subject_weight <= 0 and hparams.locality_kl_factor <= 0:
+            return []
+        return same_subject_prompts(request.subject, request.language, request.text, hparams.same_subject_prompts)
+
+    def _other_subjects(self, request: EditRequest, hparams: ROMEHyperParams) -> list[tuple[str, str]]:
+        if hparams.other_subjects_weight <= 0:
+            return []
+        return other_subject_prompts(request.template, request.subject, request.language, hparams.other_subjects)
+
     # -- the edit state: superseding and rebasing ---------------------------------------------
 
     def superseded(self, request: EditRequest, layer: int | None = None) -> list[WeightDelta]:
@@ -233,7 +293,8 @@ class Editor:
         prompt (case and spacing aside), at ``layer`` if given: a newer edit of it supersedes them."""
         param = None if layer is None else f"{self.spec.mlp_out_at(layer)}.weight"
         return [d for d in self.stack.applied
-                if same_fact(d.meta.get("request"), request) and (param is None or d.param == param)]
+                if any(same_fact(r, request) for r in d.meta.get("requests", [d.meta.get("request")]))
+                and (param is None or d.param == param)]
 
     def rebased(self, delta: WeightDelta, without: WeightDelta) -> WeightDelta:
         """``delta`` recomputed to write its values at its keys on the current weights less

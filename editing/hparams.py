@@ -46,11 +46,18 @@ class ROMEHyperParams(_Strict):
     # run each step only from the subject's last token on (prefix in a KV cache); False: whole rows
     fast_upper_layers: bool = True
     # -- what the update preserves besides C₀ (editing.machinery.preservation; docs/lifelong.md)
-    # λ_h: the keys earlier applied edits at this layer wrote; 0 = each edit as if it were the only one
-    history_weight: float = Field(0.0, ge=0)
+    # λ_h: the keys earlier applied edits at this layer wrote; 0 = each edit as if it were the only
+    # one (plain r-ROME).  1 keeps an earlier key's output to ~1/(1 + d) of the leak plain r-ROME
+    # gives it; over 50 sequential CounterFact edits on smollm2 it raised paraphrase 0.95 → 0.99,
+    # generalization 0.60 → 0.71 and fluency 3.86 → 4.10 bits (unedited 4.24) at equal locality
+    # (docs/lifelong.md); a single edit, with no history, is unchanged.
+    history_weight: float = Field(1.0, ge=0)
     # λ_s: the keys of the subject's other relations (editing.machinery.relations); 0 = off
     same_subject_weight: float = Field(0.0, ge=0)
     same_subject_prompts: int = Field(8, ge=0, le=20)  # how many relation templates (both λ_s and the KL)
+    # λ_n: the keys of other well-known subjects in the edit's own prompt (ROME's bleedover); 0 = off
+    other_subjects_weight: float = Field(0.0, ge=0)
+    other_subjects: int = Field(60, ge=0, le=200)  # how many of editing.machinery.relations.OTHER_SUBJECTS
     # a same-subject key at least this parallel to k* is not preserved (it cannot be while k* changes)
     same_subject_max_cosine: float = Field(0.95, gt=0, le=1)
     # ρ: ridge on the preserved moment, in units of C₀'s mean eigenvalue

@@ -96,10 +96,17 @@ def _m003_private_sessions_and_users(db: sqlite_utils.Database) -> None:
     db["users"].create({"name": str, "hash": str, "created_at": str}, pk="name")
 
 
+def _m004_batches(db: sqlite_utils.Database) -> None:
+    """Facts imported together share one delta and a batch id (reverted as one)."""
+    db["edits"].add_column("batch_id", str)
+    db["edits"].create_index(["batch_id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_edit_model_name", _m002_edit_model_name),
     ("003_private_sessions_and_users", _m003_private_sessions_and_users),
+    ("004_batches", _m004_batches),
 ]
 
 
@@ -205,6 +212,46 @@ class EditLog:
                     update[key] = json.dumps(update[key], ensure_ascii=False, default=str)
             db["edits"].update(edit_id, update)
         return self.get(edit_id)
+
+    def add_pending_batch(self, facts: list[dict[str, Any]], **shared: Any) -> list[EditRecord]:
+        """One ``pending`` row per fact of an imported batch, in one transaction."""
+        batch_id = secrets.token_hex(6)
+        ids = []
+        with self.transaction() as db:
+            for fact in facts:
+                row = {"created_at": now(), "status": "pending", "batch_id": batch_id, **shared, **fact}
+                row["session"] = self.pseudonym(row["session"])
+                for key in JSON_COLUMNS:
+                    if key in row:
+                        row[key] = json.dumps(row[key], ensure_ascii=False, default=str)
+                ids.append(db["edits"].insert(row).last_pk)
+        return [self.get(i) for i in ids]
+
+    def change(self, statuses: dict[int, EditStatus], fields: dict[int, dict[str, Any]] | None = None,
+               ) -> list[EditRecord]:
+        """Several rows in one transaction: each of ``statuses`` moves to its status (checked against
+        the state machine), each of ``fields`` gets those fields — a batch applied or reverted as
+        one, or a revert that rebases the edit superseding it."""
+        fields = fields or {}
+        with self.transaction() as db:
+            for edit_id in {**statuses, **fields}:
+                update = dict(fields.get(edit_id, {}))
+                if edit_id in statuses:
+                    current, status = db["edits"].get(edit_id)["status"], statuses[edit_id]
+                    if status not in ALLOWED[current]:
+                        raise InvalidTransition(edit_id, current, status)
+                    update["status"] = status
+                    stamp = {"applied": "applied_at", "reverted": "reverted_at"}.get(status)
+                    if stamp:
+                        update[stamp] = now()
+                for key in JSON_COLUMNS:
+                    if key in update:
+                        update[key] = json.dumps(update[key], ensure_ascii=False, default=str)
+                db["edits"].update(edit_id, update)
+        return [self.get(i) for i in {**statuses, **fields}]
+
+    def batch(self, batch_id: str) -> list[EditRecord]:
+        return [_edit(r) for r in self.db["edits"].rows_where("batch_id = ?", [batch_id], order_by="id")]
 
     def annotate(self, edit_id: int, **fields: Any) -> EditRecord:
         """Set ``fields`` of an edit without changing its status (the card's "after" column,

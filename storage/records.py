@@ -37,6 +37,7 @@ class EditRecord(BaseModel):
     error: str | None = None
     applied_at: str | None = None
     reverted_at: str | None = None
+    batch_id: str | None = None  # facts imported together share one delta (reverted as one)
 
 
     def public(self, *, own: bool = False) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def test_every_public_api_name_is_documented():
 
 # -- the engine's folders say what it is (README, "How it works") ------------------------------
 
-VOCABULARY = {"editing.request", "editing.errors", "editing.spec", "editing.delta", "editing.hparams",
+VOCABULARY = {"editing.request", "editing.errors", "editing.spec", "editing.delta", "editing.hparams", "editing.facts",
               "editing.fingerprint"}
 MAY_IMPORT = {  # what each part of editing/ may import from editing itself
     "vocabulary": VOCABULARY,

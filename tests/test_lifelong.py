@@ -75,7 +75,7 @@ def test_sequential_edits_keep_the_earlier_ones(tiny, tokenizer, tmp_path):
     v* to within 5% of the change they made (λ = 1, d_in = 64: about 1 / (1 + 64)), and at most a
     fifth of what they drift under plain r-ROME."""
     ed = make_editor(tiny, tokenizer, tmp_path)
-    preserved, plain = drifts(tiny, ed, PRESERVE), drifts(tiny, ed, FAST)
+    preserved, plain = drifts(tiny, ed, PRESERVE), drifts(tiny, ed, {**FAST, "history_weight": 0.0})
     for kept, moved in zip(preserved, plain):
         assert kept < 0.05 and kept < moved / 5, (preserved, plain)
 
@@ -157,3 +157,20 @@ def test_low_rank_delta_applies_and_reverts(tiny, tokenizer):
     assert not torch.equal(weights, before)
     stack.revert(delta.id)
     assert torch.equal(weights, before)
+
+
+def test_a_batch_writes_every_fact_in_one_delta_and_reverts_as_one(tiny, tokenizer, tmp_path):
+    ed = make_editor(tiny, tokenizer, tmp_path)
+    before = state(tiny)
+    first = ed.compute(FACTS[0], "rome", 1, PRESERVE).delta
+    ed.stack.apply(first)
+    outcome = ed.compute_batch([FACTS[1], FACTS[2], FACTS[0].model_copy(update={"target_new": "Berlin"})], 1,
+                               PRESERVE)
+    batch = outcome.delta
+    assert batch.kind == "low_rank" and batch.rank == 3 and len(batch.meta["requests"]) == 3
+    assert batch.meta["history_keys"] == 0, "the batch re-edits the only earlier fact: nothing else to keep"
+    ed.stack.apply(batch)
+    torch.testing.assert_close(outputs(tiny, batch), batch.tensors["values"], rtol=1e-3, atol=1e-4)
+    ed.stack.revert(batch.id)
+    ed.stack.revert(first.id)
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())

@@ -5,7 +5,8 @@ Among all updates Δ with (W + Δ) k* = v*, ROME's is the one that moves the out
 keys the model commonly sees least: it minimises E‖Δk‖² = tr(Δ C₀ Δᵀ) over the corpus keys.
 Amend's model is edited again and again, so the keys worth keeping are more than the corpus:
 
-    A  = C₀  +  λ_h Σ_{earlier edits i} k_i k_iᵀ  +  λ_s Σ_{same subject j} k_j k_jᵀ  +  ρ ī I
+    A  = C₀  +  λ_h Σ_{earlier edits i} k_i k_iᵀ  +  λ_s Σ_{same subject j} k_j k_jᵀ
+            +  λ_n Σ_{other subjects m} k_m k_mᵀ  +  ρ ī I
 
     Δ  = argmin tr(Δ A Δᵀ)  s.t.  Δ K = R      (K = [k*₁ … k*_n] the keys written, R = V* − W K)
        = R (Kᵀ A⁻¹ K)⁻¹ (A⁻¹ K)ᵀ                 (n = 1: ROME's (v* − Wk*)(A⁻¹k*)ᵀ / (k*ᵀA⁻¹k*))
@@ -22,6 +23,9 @@ Each term's reason:
     is", ...): the thesis's second idea (DESIGN.md §5) put into the same solve — where such a key
     differs from k* (a relation before the subject changes the subject's key), the update moves
     its output little, so the subject's other facts stay.
+  * Keys of other well-known subjects in the edit's own prompt ("The mother tongue of Marie Curie
+    is" beside "... of Danielle Darrieux is"): the same relation of other subjects, where ROME's
+    edits bleed over to similar names (Meng et al. 2022, §3.4's neighbourhood score).
   * ρ ī I with ī = tr(C₀)/d_in: a ridge in the units of the keys; keeps A invertible when C₀ is
     estimated from few tokens.
 
@@ -55,6 +59,8 @@ class PreservedKeys:
     history_weight: float = 0.0  # λ_h
     same_subject: torch.Tensor | None = None  # (n_s, d) keys of the subject's other relations
     same_subject_weight: float = 0.0  # λ_s
+    other_subjects: torch.Tensor | None = None  # (n_o, d) keys of other subjects in the edit's prompt
+    other_subjects_weight: float = 0.0  # λ_n
     ridge: float = 0.0  # ρ, in units of the mean eigenvalue of C₀
 
     def matrix(self, written: torch.Tensor) -> torch.Tensor:
@@ -65,7 +71,8 @@ class PreservedKeys:
             a = torch.eye(d, dtype=torch.float64, device=device) * written.double().square().mean()
         else:
             a = self.moment.to(device, torch.float64).clone()
-        for keys, weight in ((self.history, self.history_weight), (self.same_subject, self.same_subject_weight)):
+        for keys, weight in ((self.history, self.history_weight), (self.same_subject, self.same_subject_weight),
+                             (self.other_subjects, self.other_subjects_weight)):
             if keys is not None and len(keys) and weight > 0:
                 k = keys.to(device, torch.float64)  # (n, d)
                 a.addmm_(k.T, k, alpha=weight)

@@ -23,7 +23,10 @@ applied edit at this layer wrote (``history``) and the keys of the subject's oth
 (``same_subject_prompts``): ``editing.machinery.preservation`` gives the equation, the papers
 (AlphaEdit, BetaEdit, OTE-SE) and why.  With neither, it is the r-ROME update above.
 
-The function returns a ``WeightDelta`` (with the key k* and value v* it writes) and leaves the
+Many facts at once (``compute_rome_batch``) run steps 1–2 for each fact on the same weights and
+write all of them in one solve, Δ K = R (MEMIT's batch form, Meng et al. 2023, on one layer).
+
+The functions return a ``WeightDelta`` (with the keys k* and values v* it writes) and leave the
 model bit-identical.
 """
 
@@ -46,10 +49,28 @@ from editing.machinery.objective import Objective, ProgressFn
 from editing.machinery.preservation import PreservedKeys, solve_write
 from editing.machinery.rows import ChatPromptFn, build_rows
 from editing.machinery.suffix import PrefixCache
+from editing.machinery.tokens import encode, pad_batch, pad_id, subject_last_positions
 from editing.request import EditRequest
 from editing.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+@dataclass
+class Value:
+    """Steps 1–2 of one fact: where to write (k*) and what (v* = W k* + δ)."""
+
+    key: torch.Tensor  # k* (d_in,)
+    current: torch.Tensor  # W k* (d_out,), the value there now
+    delta: torch.Tensor  # δ (d_out,)
+    bare_key: torch.Tensor  # the bare prompt's key (the original update rule's denominator)
+    losses: list[float] = field(default_factory=list)
+    target_prob: float = 0.0  # mean P(target tokens) on the rewrite prompts at the end
+    fast_path: bool = False
+
+    @property
+    def target(self) -> torch.Tensor:
+        return self.current + self.delta
+
 
 @dataclass
 class ROMEResult:
@@ -62,7 +83,7 @@ class ROMEResult:
     fast_path: bool = False
 
 
-def compute_rome_delta(
+def optimise_value(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     request: EditRequest,
@@ -71,26 +92,13 @@ def compute_rome_delta(
     layer: int,
     *,
     templates: list[str],
-    covariance: torch.Tensor | None,
     chat_prompt: ChatPromptFn | None = None,
     locality_prompts: list[str] = (),
     progress: ProgressFn | None = None,
     prefix_cache: PrefixCache | None = None,
     checks: PassChecks | None = None,
-    history: torch.Tensor | None = None,
-    same_subject_prompts: list[str] = (),
-) -> ROMEResult:
-    """Compute ROME's rank-one delta for ``request`` at ``layer``; the model is left unchanged.
-
-    ``templates`` are the context templates (``"{}"`` first, then sampled prefixes);
-    ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I; ``prefix_cache`` keeps
-    the prompts' prefix keys/values for the next edit (``editing.machinery.suffix.PrefixCache``);
-    ``checks`` remembers which shortcuts this model's passes allow (``editing.machinery.forward.PassChecks``);
-    ``history`` (n, d_in) are the keys earlier applied edits at this layer wrote and
-    ``same_subject_prompts`` texts about the subject's other relations: the update keeps their
-    outputs with the weights ``hparams.history_weight`` and ``hparams.same_subject_weight``.
-    """
-    start = time.perf_counter()
+) -> Value:
+    """Steps 1 and 2 for ``request`` at ``layer``: k* and v*, the model left unchanged."""
     report = progress or (lambda *a: None)
     report("preparing", 0, hparams.v_steps, None)
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,
@@ -99,9 +107,8 @@ def compute_rome_delta(
                           fast=hparams.fast_upper_layers, from_subject=True, prefix_cache=prefix_cache,
                           checks=checks)
 
-    # -- steps 1 and 2: k* and v = W k* are read at the edit layer during the first pass (δ = 0):
-    # the mean input and output of the MLP projection at the subject (v = W k* as it is linear)
-    dtype = next(model.parameters()).dtype
+    # k* and v = W k* are read at the edit layer during the first pass (δ = 0): the mean input
+    # and output of the MLP projection at the subject (v = W k* as it is linear)
     module = model.get_submodule(spec.mlp_out_at(layer))
     delta = torch.zeros(module.weight.shape[1 if spec.conv1d else 0], device=objective.device, requires_grad=True)
     # per bucket run: (keys, values, bare key).  The first bucket pass of a model may run the
@@ -152,29 +159,65 @@ def compute_rome_delta(
         with torch.no_grad():
             if delta.norm() > max_norm:
                 delta.mul_(max_norm / delta.norm())
-
-    # -- step 3: the rank-one update
-    report("writing weights", hparams.v_steps, hparams.v_steps, None)
     delta = delta.detach()
     if hparams.rescale_value_norm:  # NAS: v* keeps the norm of the value it replaces
         delta = (value + delta) * (value.norm() / (value + delta).norm()) - value
+    return Value(key, value, delta, bare_key, losses, target_prob, objective.fast)
+
+
+def compute_rome_delta(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest,
+    hparams: ROMEHyperParams,
+    spec: ModelSpec,
+    layer: int,
+    *,
+    templates: list[str],
+    covariance: torch.Tensor | None,
+    chat_prompt: ChatPromptFn | None = None,
+    locality_prompts: list[str] = (),
+    progress: ProgressFn | None = None,
+    prefix_cache: PrefixCache | None = None,
+    checks: PassChecks | None = None,
+    history: torch.Tensor | None = None,
+    same_subject_prompts: list[str] = (),
+    other_subject_prompts: list[tuple[str, str]] = (),
+) -> ROMEResult:
+    """Compute ROME's rank-one delta for ``request`` at ``layer``; the model is left unchanged.
+
+    ``templates`` are the context templates (``"{}"`` first, then sampled prefixes);
+    ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I; ``prefix_cache`` keeps
+    the prompts' prefix keys/values for the next edit (``editing.machinery.suffix.PrefixCache``);
+    ``checks`` remembers which shortcuts this model's passes allow (``editing.machinery.forward.PassChecks``);
+    ``history`` (n, d_in) are the keys earlier applied edits at this layer wrote and
+    ``same_subject_prompts`` texts about the subject's other relations, ``other_subject_prompts``
+    (text, subject) pairs of the same relation about other subjects: the update keeps their
+    outputs with the weights ``hparams.history_weight``, ``same_subject_weight`` and
+    ``other_subjects_weight``.
+    """
+    start = time.perf_counter()
+    found = optimise_value(model, tokenizer, request, hparams, spec, layer, templates=templates,
+                           chat_prompt=chat_prompt, locality_prompts=locality_prompts, progress=progress,
+                           prefix_cache=prefix_cache, checks=checks)
+    (progress or (lambda *a: None))("writing weights", hparams.v_steps, hparams.v_steps, None)
+    # -- step 3: the update
     if hparams.update_rule == "original":  # the reference implementation's mismatched keys
-        c_inv_k = key if covariance is None else torch.linalg.solve(covariance.float(), key)
-        u, v = (delta / (c_inv_k @ bare_key))[None], c_inv_k[None]
+        c_inv_k = found.key if covariance is None else torch.linalg.solve(covariance.float(), found.key)
+        u, v = (found.delta / (c_inv_k @ found.bare_key))[None], c_inv_k[None]
     else:
-        same_subject = None
-        if hparams.same_subject_weight > 0 and same_subject_prompts:
-            same_subject = _distinct_keys(
-                keys_at_subject(model, tokenizer, spec, layer, list(same_subject_prompts), request.subject),
-                key, hparams.same_subject_max_cosine)
+        same_subject = _same_subject_keys(model, tokenizer, spec, layer, hparams, {request.subject: same_subject_prompts},
+                                          found.key[None])
         preserved = PreservedKeys(covariance, history=history, history_weight=hparams.history_weight,
                                   same_subject=same_subject, same_subject_weight=hparams.same_subject_weight,
-                                  ridge=hparams.ridge)
-        u, v = solve_write(preserved, key[None], delta[None])  # (1, d_out), (1, d_in)
+                                  other_subjects=_other_keys(model, tokenizer, spec, layer, hparams,
+                                                             list(other_subject_prompts)),
+                                  other_subjects_weight=hparams.other_subjects_weight, ridge=hparams.ridge)
+        u, v = solve_write(preserved, found.key[None], found.delta[None])  # (1, d_out), (1, d_in)
     result = WeightDelta(
         param=f"{spec.mlp_out_at(layer)}.weight",
         kind="rank_one",
-        tensors={"u": u[0].cpu(), "v": v[0].cpu(), "keys": key[None].cpu(), "values": (value + delta)[None].cpu()},
+        tensors={"u": u[0].cpu(), "v": v[0].cpu(), "keys": found.key[None].cpu(), "values": found.target[None].cpu()},
         transposed=spec.conv1d,
         meta={
             "method": "rome",
@@ -182,43 +225,119 @@ def compute_rome_delta(
             "update_rule": hparams.update_rule,
             "covariance": covariance is not None,
             "history_keys": 0 if history is None else len(history),
-            "delta_norm": float(delta.norm()),
-            "value_norm": float(value.norm()),
-            "steps": len(losses),
-            "final_loss": losses[-1] if losses else None,
-            "dtype": str(dtype),
+            "delta_norm": float(found.delta.norm()),
+            "value_norm": float(found.current.norm()),
+            "steps": len(found.losses),
+            "final_loss": found.losses[-1] if found.losses else None,
+            "dtype": str(next(model.parameters()).dtype),
         },
     )
-    return ROMEResult(
-        delta=result,
-        key=key,
-        value=value + delta,
-        losses=losses,
-        target_prob=target_prob,
-        seconds=time.perf_counter() - start,
-        fast_path=objective.fast,
+    return ROMEResult(delta=result, key=found.key, value=found.target, losses=found.losses,
+                      target_prob=found.target_prob, seconds=time.perf_counter() - start, fast_path=found.fast_path)
+
+
+@dataclass
+class ROMEBatchResult:
+    delta: WeightDelta  # low rank: one piece per fact
+    values: list[Value]
+    seconds: float = 0.0
+
+
+def compute_rome_batch(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: list[EditRequest],
+    hparams: ROMEHyperParams,
+    spec: ModelSpec,
+    layer: int,
+    *,
+    templates: dict[str, list[str]],
+    covariance: torch.Tensor | None,
+    chat_prompt: ChatPromptFn | None = None,
+    same_subject_prompts: dict[str, list[str]] | None = None,
+    other_subject_prompts: list[tuple[str, str]] = (),
+    progress: ProgressFn | None = None,
+    prefix_cache: PrefixCache | None = None,
+    checks: PassChecks | None = None,
+    history: torch.Tensor | None = None,
+) -> ROMEBatchResult:
+    """Write every request in one solve: k* and v* of each on the current weights, then
+    Δ = R (KᵀA⁻¹K)⁻¹(A⁻¹K)ᵀ with A preserving C₀, the history and the subjects' other relations.
+    ``templates`` by language; ``progress`` reports ("fact i of n", step, steps, loss)."""
+    start = time.perf_counter()
+    same_subject_prompts = same_subject_prompts or {}
+    found: list[Value] = []
+    for i, request in enumerate(requests):
+        def report(stage, step, total, loss, i=i):
+            if progress is not None:
+                progress(f"fact {i + 1} of {len(requests)}: {stage}", step, total, loss)
+
+        found.append(optimise_value(
+            model, tokenizer, request, hparams, spec, layer, templates=templates[request.language],
+            chat_prompt=chat_prompt, locality_prompts=same_subject_prompts.get(request.subject, []), progress=report,
+            prefix_cache=prefix_cache, checks=checks))
+    if progress is not None:
+        progress("writing weights", len(requests), len(requests), None)
+    keys = torch.stack([f.key for f in found])  # (n, d_in)
+    same_subject = _same_subject_keys(model, tokenizer, spec, layer, hparams, same_subject_prompts, keys)
+    preserved = PreservedKeys(covariance, history=history, history_weight=hparams.history_weight,
+                              same_subject=same_subject, same_subject_weight=hparams.same_subject_weight,
+                              other_subjects=_other_keys(model, tokenizer, spec, layer, hparams,
+                                                         list(other_subject_prompts)),
+                              other_subjects_weight=hparams.other_subjects_weight, ridge=hparams.ridge)
+    u, v = solve_write(preserved, keys, torch.stack([f.delta for f in found]))  # (n, d_out), (n, d_in)
+    delta = WeightDelta(
+        param=f"{spec.mlp_out_at(layer)}.weight",
+        kind="low_rank",
+        tensors={"U": u.cpu(), "V": v.cpu(), "keys": keys.cpu(), "values": torch.stack([f.target for f in found]).cpu()},
+        transposed=spec.conv1d,
+        meta={"method": "rome", "layer": layer, "batch": len(requests), "covariance": covariance is not None,
+              "history_keys": 0 if history is None else len(history),
+              "steps": [len(f.losses) for f in found], "dtype": str(next(model.parameters()).dtype)},
     )
+    return ROMEBatchResult(delta=delta, values=found, seconds=time.perf_counter() - start)
+
+
+def _other_keys(model, tokenizer, spec, layer, hparams: ROMEHyperParams,
+                prompts: list[tuple[str, str]]) -> torch.Tensor | None:
+    """Keys of other subjects in the edit's own prompt (the same relation, ROME's bleedover)."""
+    if hparams.other_subjects_weight <= 0 or not prompts:
+        return None
+    keys = []
+    for i in range(0, len(prompts), 32):
+        chunk = prompts[i:i + 32]
+        keys.append(keys_at_subject(model, tokenizer, spec, layer, [t for t, _ in chunk], [s for _, s in chunk]))
+    return torch.cat(keys)
+
+
+def _same_subject_keys(model, tokenizer, spec, layer, hparams: ROMEHyperParams, prompts: dict[str, list[str]],
+                       written: torch.Tensor) -> torch.Tensor | None:
+    """Keys of the subjects' other relations that differ from every key being written."""
+    if hparams.same_subject_weight <= 0:
+        return None
+    keys = [keys_at_subject(model, tokenizer, spec, layer, texts, subject)
+            for subject, texts in prompts.items() if texts]
+    if not keys:
+        return None
+    keys = torch.cat(keys)
+    cosine = F.cosine_similarity(keys[:, None], written[None].to(keys), dim=-1)  # (n_s, n)
+    # a key (nearly) parallel to one being written cannot keep its output while that one's
+    # changes: a prompt that starts with the subject has the bare subject's key, and so does
+    # a paraphrase of the edit that starts with it
+    return keys[(cosine < hparams.same_subject_max_cosine).all(-1)]
 
 
 @torch.no_grad()
 def keys_at_subject(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec, layer: int,
-                    texts: list[str], subject: str) -> torch.Tensor:
-    """The key (input of the layer's MLP output projection) at the last token of ``subject`` in
-    each of ``texts``: (len(texts), d_in) float32, in one batched pass that stops at ``layer``."""
-    from editing.machinery.tokens import encode, pad_batch, pad_id, subject_last_positions
-
+                    texts: list[str], subject: str | list[str]) -> torch.Tensor:
+    """The key (input of the layer's MLP output projection) at the last token of the subject (one
+    for all texts, or one per text) in each of ``texts``: (len(texts), d_in) float32, in one
+    batched pass that stops at ``layer``."""
     device = next(model.parameters()).device
+    subjects = [subject] * len(texts) if isinstance(subject, str) else subject
     rows = [encode(tokenizer, t) for t in texts]
-    positions = [subject_last_positions(tokenizer, t, subject)[0] for t in texts]
+    positions = [subject_last_positions(tokenizer, t, s)[0] for t, s in zip(texts, subjects)]
     batch = pad_batch(rows, pad_id(tokenizer), device)
     with Trace(model, spec.mlp_out_at(layer), retain_input=True, retain_output=False, stop=True) as trace:
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     return trace.input[torch.arange(len(rows), device=device), torch.tensor(positions, device=device)].float()
-
-
-def _distinct_keys(keys: torch.Tensor, key: torch.Tensor, max_cosine: float) -> torch.Tensor:
-    """The same-subject keys that differ from k*: one (nearly) parallel to k* cannot keep its
-    output while k*'s changes — a prompt that starts with the subject has the bare subject's key,
-    and so does a paraphrase of the edit that starts with it."""
-    cosine = F.cosine_similarity(keys, key[None].to(keys), dim=-1)
-    return keys[cosine < max_cosine]
