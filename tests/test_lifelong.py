@@ -174,3 +174,16 @@ def test_a_batch_writes_every_fact_in_one_delta_and_reverts_as_one(tiny, tokeniz
     ed.stack.revert(batch.id)
     ed.stack.revert(first.id)
     assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
+
+
+def test_the_gpu_benchmark_runs_its_code_on_a_tiny_model(smollm2, capsys):
+    """bench/gpu.sh's lifelong benchmark, on a small random llama on the CPU: it edits, grows a
+    history and times the solve with 1,000 and 5,000 history keys."""
+    import json
+
+    from bench.lifelong_gpu import main
+
+    assert main(["--tiny", "--edits", "3"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["edits"] == 3 and set(result["solve_s_by_history"]) == {"0", "1000", "5000"}
+    assert result["history_kb_per_edit"] == round(128 * 4 / 1024, 1)

@@ -10,12 +10,13 @@ import torch
 from test_service import checksum
 from tests_support import PASSWORD, make_assistant
 
+from agents.probes import UNRELATED_PROBES
 from agents.proposal import EditProposal
 from editing.evaluation.data import load_cases
 from editing.machinery.probe import greedy_completion, target_logprobs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-dev.json"
-UNRELATED = ["The capital of France is", "The Great Wall is in", "Barack Obama was born in", "Water is made of"]
+UNRELATED = [*UNRELATED_PROBES["en"], "The capital of France is"]  # the card's unrelated probes, and one more
 
 
 @pytest.fixture
@@ -26,9 +27,9 @@ def assistant(smollm2, tmp_path):
     a.service.stack.revert_all()
 
 
-def eiffel(target: str) -> EditProposal:
+def eiffel(target: str, old: str = "Paris") -> EditProposal:
     return EditProposal(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target_new=target,
-                        target_old="Paris", question="Where is the Eiffel Tower?", extractor="parser")
+                        target_old=old, question="Where is the Eiffel Tower?", extractor="parser")
 
 
 def answer(smollm2) -> str:
@@ -45,7 +46,7 @@ def test_twenty_sequential_edits_are_all_kept(smollm2, smol_editor):
     landed is still predicted after the last one, and unrelated completions do not change."""
     model, tok = smollm2.model, smollm2.tokenizer
     cases = load_cases("counterfact", DATA, 20)
-    unrelated = [greedy_completion(model, tok, p, 4) for p in UNRELATED]
+    unrelated = [greedy_completion(model, tok, p, 5) for p in UNRELATED]
     landed = []
     try:
         for case in cases:
@@ -56,7 +57,7 @@ def test_twenty_sequential_edits_are_all_kept(smollm2, smol_editor):
         kept = [all(s.hits) for s in target_logprobs(model, tok, [c.request.text for c in landed],
                                                      [c.request.target_new for c in landed])]
         assert all(kept), [c.case_id for c, k in zip(landed, kept) if not k]
-        assert [greedy_completion(model, tok, p, 4) for p in UNRELATED] == unrelated
+        assert [greedy_completion(model, tok, p, 5) for p in UNRELATED] == unrelated
     finally:
         smol_editor.stack.revert_all()
 
@@ -97,7 +98,7 @@ def test_a_re_edit_supersedes_and_either_revert_leaves_a_consistent_model(assist
 def test_revert_instead_of_applying(assistant, smollm2):
     original = checksum(smollm2.model)
     rome = apply(assistant, eiffel("Rome"))
-    view = assistant._register("s", eiffel("Paris"))
+    view = assistant._register("s", eiffel("Paris", old="Rome"))  # "no, it is in Paris after all"
     record = assistant.revert_superseded("s", view.id, PASSWORD)
     assert record.id == rome.edit.id and record.status == "reverted"
     assert checksum(smollm2.model) == original
@@ -115,7 +116,9 @@ def import_file(tmp_path, cases, extra: str = "") -> Path:
 
 def test_an_import_of_ten_facts_lands_every_row_and_reverts_as_one(assistant, smollm2, tmp_path):
     original = checksum(smollm2.model)
-    cases = load_cases("counterfact", DATA, 10)
+    # the first ten counterfact-dev facts that a single edit lands (Renault 5 → Toyota does not:
+    # its bare prompt keeps "Renault" after a single ROME edit too)
+    cases = [c for c in load_cases("counterfact", DATA, 11) if c.case_id != "cf-163"]
     bad = import_file(tmp_path, cases, extra='"Nobody","The sky is","green"\n')
     rows = assistant.preview_import(bad)
     assert [r.error is None for r in rows] == [True] * 10 + [False] and "Nobody" in rows[-1].error

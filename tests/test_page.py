@@ -64,3 +64,31 @@ def test_cancel_says_so_and_an_unknown_proposal_is_an_error(page):
     assert page.cancel(ME, card["pid"])["notice"].startswith("Proposal cancelled")
     with pytest.raises(UnknownProposal):  # no longer "cancelled" when there was nothing to cancel
         page.cancel(ME, card["pid"])
+
+
+def test_a_second_correction_of_a_fact_offers_to_revert_the_first_instead(page):
+    *_, card = page.chat(ME, "Actually, the Eiffel Tower is in Rome.")
+    assert card["supersede_row"] is False
+    list(page.apply(ME, card["pid"], PASSWORD, card["subject"], card["prompt"], card["target_new"], "rome", 4, False))
+    *_, again = page.chat(ME, "No, the Eiffel Tower is in Berlin.")
+    assert again["supersede_row"] is True and "#1" in again["supersede_note"] and "Rome" in again["supersede_note"]
+    done = page.revert_instead(ME, again["pid"], PASSWORD)
+    assert done["card"] is False and "Edit 1 reverted instead" in done["notice"] and done["table"][0][2] == "reverted"
+
+
+def test_import_previews_every_row_then_applies_them_as_one(page, tmp_path):
+    path = tmp_path / "facts.csv"
+    path.write_text("subject,prompt,target_new\nEiffel Tower,The Eiffel Tower is located in the city of,Rome\n"
+                    "Nobody,The sky is,green\n", encoding="utf-8")
+    preview = page.preview_import(str(path))
+    assert [row[-1] == "ok" for row in preview["import_preview"]] == [True, False]
+    assert "1 not valid" in preview["import_notice"]
+    with pytest.raises(Exception, match="line 3"):
+        page.import_edits(ME, str(path), PASSWORD)
+    path.write_text("subject,prompt,target_new\nEiffel Tower,The Eiffel Tower is located in the city of,Rome\n"
+                    "Toyota,Toyota is a company from the country of,Germany\n", encoding="utf-8")
+    done = page.import_edits(ME, str(path), PASSWORD)
+    assert "Imported 2 correction(s)" in done["import_notice"] and [r[2] for r in done["table"]] == ["applied"] * 2
+    reverted = page.revert(ME, done["table"][0][0], PASSWORD)
+    assert "with the rest of its import" in reverted["notice"]
+    assert [r[2] for r in reverted["table"]] == ["reverted"] * 2
