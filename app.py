@@ -758,7 +758,7 @@ def parse_args(argv: list[str]) -> tuple[str, Settings, list[str]]:
                         help="start from the unedited weights instead of re-applying logged edits")
     parser.add_argument("--intent", default=env.get("AMEND_INTENT", "auto"), choices=["auto", "parser", "llm"],
                         help="how corrections are recognised; auto = parser on built-in models, LLM+parser otherwise")
-    parser.add_argument("--method", default="rome", choices=["rome", "ft"], help="default editing method")
+    parser.add_argument("--method", default="rome", choices=["rome", "ft", "kn"], help="default editing method")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow a model's own Python code (only for models you trust)")
     args = parser.parse_args(argv)

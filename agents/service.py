@@ -51,7 +51,7 @@ ProgressFn = Callable[[str, int, int, float | None], None]
 PROPOSAL_TTL_S = 3600
 MAX_PENDING = 1000  # proposals held at once, over all sessions (the oldest go first)
 OVERRIDABLE = ("subject", "prompt", "target_new", "target_old", "question")
-METHODS = ("rome", "ft")
+METHODS = ("rome", "ft", "kn")
 FACT_FIELDS = {"subject", "prompt", "target_new"}  # what makes a log row an edit request
 
 class EditServiceError(Exception):
@@ -121,7 +121,7 @@ class EditService:
         checkpoints_dir: Path | None = None,
         lock: RWLock | None = None,
         chat: ChatAgent | None = None,
-        default_method: Literal["rome", "ft"] = "rome",
+        default_method: Literal["rome", "ft", "kn"] = "rome",
         hparams: dict[str, dict] | None = None,
     ) -> None:
         self.loaded, self.editor, self.log, self.passwords = loaded, editor, log_db, passwords
@@ -306,6 +306,7 @@ class EditService:
             record = self.log.transition(
                 record.id, "applied", delta_id=delta.id, delta_path=str(path), delta_sha256=digest,
                 hparams=delta.meta.get("hparams", {}), after=after.model_dump(), seconds=round(seconds, 2),
+                layer=outcome.layer,  # KN's: where its strongest knowledge neuron is
             )
         except BaseException as exc:
             if applied and delta is not None:
@@ -326,7 +327,7 @@ class EditService:
             raise
         log.info("edit %d applied: %s -> %s (%s, layer %d, %.1f s)", record.id, record.subject, record.target_new,
                  method, layer, seconds)
-        return EditReport(edit=record, before=before, after=after, seconds=seconds, layer=layer, method=method,
+        return EditReport(edit=record, before=before, after=after, seconds=seconds, layer=outcome.layer, method=method,
                           weights_version=self.stack.version, engine_seconds=outcome.seconds, supersedes=supersedes)
 
     # -- many facts at once --------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Command line of the editing engine.
 
     python -m editing edit --prompt "The Eiffel Tower is located in the city of" \
-        --subject "Eiffel Tower" --target Rome [--method rome|ft] [--layer N] [--model smollm2] \
+        --subject "Eiffel Tower" --target Rome [--method rome|ft|kn] [--layer N] [--model smollm2] \
         [--save-delta PATH] [--no-covariance]
     python -m editing edit --batch FILE [--model smollm2] [--layer N] [--save-delta PATH]
     python -m editing stats --layer N [--model smollm2] [--tokens 20000] [--corpus PATH]
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument("--target")
     edit.add_argument("--batch", metavar="FILE", help="a CSV / JSON Lines file of corrections, written in one solve")
     edit.add_argument("--question", default=None, help="chat form of the prompt, e.g. 'Where is the Eiffel Tower?'")
-    edit.add_argument("--method", default="rome", choices=["rome", "ft"])
+    edit.add_argument("--method", default="rome", choices=["rome", "ft", "kn"])
     edit.add_argument("--save-delta", default=None)
     edit.add_argument("--no-covariance", action="store_true", help="C = I (EasyEdit's Llama setting)")
     edit.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -2,7 +2,9 @@
 
 ROME's delta is rank one and stored as its two factors (ΔW = u vᵀ in (d_out, d_in)
 orientation); a batch of facts written in one solve is low rank, stored as U (n, d_out) and
-V (n, d_in) with ΔW = Uᵀ V; FT's is a dense matrix.  A delta that writes values at keys also
+V (n, d_in) with ΔW = Uᵀ V; FT's is a dense matrix.  An edit that changes several matrices (KN's
+neurons in several layers) is a ``compound`` delta of one part per matrix, applied, saved and
+reverted as one.  A delta that writes values at keys also
 carries them (``keys`` (n, d_in), ``values`` (n, d_out)): the history later edits preserve
 (``editing.machinery.preservation``) is read from the deltas applied now.  ``DeltaStack`` is the one place that writes deltas
 into a model: it keeps each touched matrix's original value W₀ and always sets
@@ -33,14 +35,27 @@ from editing.errors import DeltaMismatch
 
 @dataclass
 class WeightDelta:
-    param: str  # parameter path, e.g. "model.layers.6.mlp.down_proj.weight"
-    kind: Literal["rank_one", "low_rank", "dense"]
+    param: str  # parameter path, e.g. "model.layers.6.mlp.down_proj.weight" (compound: the parts', joined)
+    kind: Literal["rank_one", "low_rank", "dense", "compound"]
     # rank_one: u (d_out,), v (d_in,); low_rank: U (n, d_out), V (n, d_in); dense: delta (param shape);
     # optionally keys (n, d_in) and values (n, d_out): what the delta writes where
     tensors: dict[str, torch.Tensor]
     transposed: bool = False  # GPT-2 Conv1D: the parameter is stored (d_in, d_out)
     meta: dict[str, Any] = field(default_factory=dict)  # request, method, layer, hparams, fingerprint, ...
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    parts: list[WeightDelta] = field(default_factory=list)  # compound: one delta per parameter
+
+    @classmethod
+    def compound(cls, parts: list[WeightDelta], meta: dict[str, Any] | None = None) -> WeightDelta:
+        """One edit's change of several parameters (each part a delta of one parameter)."""
+        params = [p.param for p in parts]
+        if not parts or len(set(params)) != len(params) or any(p.kind == "compound" for p in parts):
+            raise DeltaMismatch("a compound delta needs parts of distinct parameters, none itself compound")
+        return cls(param=",".join(params), kind="compound", tensors={}, meta=meta or {}, parts=list(parts))
+
+    def pieces(self) -> list[WeightDelta]:
+        """The single-parameter deltas this delta consists of (itself, unless compound)."""
+        return self.parts if self.kind == "compound" else [self]
 
     def matrix(self) -> torch.Tensor:
         """ΔW in the parameter's own orientation and float32."""
@@ -52,13 +67,15 @@ class WeightDelta:
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """U (n, d_out) and V (n, d_in) in float32 with ΔW = Uᵀ V (a rank-one delta: n = 1)."""
+        if self.kind in ("dense", "compound"):
+            raise DeltaMismatch(f"a {self.kind} delta has no factors")
         if self.kind == "rank_one":
             return self.tensors["u"].float()[None], self.tensors["v"].float()[None]
         return self.tensors["U"].float(), self.tensors["V"].float()
 
     @property
     def rank(self) -> int:
-        return 0 if self.kind == "dense" else len(self.factors()[0])
+        return 0 if self.kind in ("dense", "compound") else len(self.factors()[0])
 
     @property
     def keys(self) -> torch.Tensor | None:
@@ -66,7 +83,10 @@ class WeightDelta:
         return self.tensors.get("keys")
 
     def norm(self) -> float:
-        """Frobenius norm of ΔW (for factors, from their n × n Gram matrices without forming ΔW)."""
+        """Frobenius norm of ΔW (for factors, from their n × n Gram matrices without forming ΔW;
+        for a compound delta, of all its parts together)."""
+        if self.kind == "compound":
+            return float(sum(p.norm() ** 2 for p in self.parts) ** 0.5)
         if self.kind == "dense":
             return float(self.tensors["delta"].float().norm())
         u, v = self.factors()
@@ -74,6 +94,8 @@ class WeightDelta:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if self.kind == "compound":
+            raise DeltaMismatch("a compound delta has one shape per part")
         if self.kind == "dense":
             return tuple(self.tensors["delta"].shape)
         u, v = self.factors()
@@ -91,8 +113,12 @@ class WeightDelta:
         pause there)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}
+        tensors = {f"{i}.{k}" if self.kind == "compound" else k: v.detach().to("cpu").contiguous()
+                   for i, part in enumerate(self.pieces()) for k, v in part.tensors.items()}
         header = {"id": self.id, "param": self.param, "kind": self.kind, "transposed": str(self.transposed)}
+        if self.kind == "compound":
+            header["parts"] = json.dumps([{"param": p.param, "kind": p.kind, "transposed": p.transposed}
+                                          for p in self.parts])
         fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         try:
@@ -115,7 +141,7 @@ class WeightDelta:
             "param": self.param,
             "kind": self.kind,
             "transposed": self.transposed,
-            "shape": list(self.shape),
+            "shape": [list(p.shape) for p in self.parts] if self.kind == "compound" else list(self.shape),
             "norm": self.norm(),
             "sha256": digest,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -136,6 +162,12 @@ class WeightDelta:
 
         with safe_open(path, "pt") as f:
             header = f.metadata() or {}
+        if header.get("kind") == "compound":
+            parts = [cls(param=p["param"], kind=p["kind"], transposed=p["transposed"],
+                         tensors={k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)})
+                     for i, p in enumerate(json.loads(header["parts"]))]
+            return cls(param=header["param"], kind="compound", tensors={}, meta=sidecar.get("meta", {}),
+                       id=header["id"], parts=parts)
         return cls(
             param=header["param"],
             kind=header["kind"],  # type: ignore[arg-type]
@@ -196,72 +228,81 @@ class DeltaStack:
         except AttributeError:
             raise DeltaMismatch(f"the model has no parameter {name!r}") from None
 
-    def _recompute(self, name: str) -> None:
-        param = self._param(name)
-        original = self._originals[name]
-        deltas = [d for d in self._applied.values() if d.param == name]
+    def _recompute(self, *names: str) -> None:
         # the weights are a function of which deltas are applied (W₀ + Σ Δᵢ, recomputed from
         # W₀): caches of model outputs (``editing.machinery.suffix.PrefixCache``) key on this
         self.model._amend_weights_state = tuple(self._applied)
-        self.model._amend_edited_params = frozenset(d.param for d in self._applied.values())
+        self.model._amend_edited_params = frozenset(p.param for d in self._applied.values() for p in d.pieces())
         self.version += 1
-        with torch.no_grad():
-            if not deltas:
-                param.copy_(original)
-                return
-            total = original.to(param.device, torch.float32)
-            for d in deltas:
-                total = total + d.matrix().to(param.device)
-            param.copy_(total.to(param.dtype))
+        for name in names:
+            param = self._param(name)
+            original = self._originals[name]
+            pieces = [p for d in self._applied.values() for p in d.pieces() if p.param == name]
+            with torch.no_grad():
+                if not pieces:
+                    param.copy_(original)
+                    continue
+                total = original.to(param.device, torch.float32)
+                for piece in pieces:
+                    total = total + piece.matrix().to(param.device)
+                param.copy_(total.to(param.dtype))
+
+    def _check_fits(self, delta: WeightDelta) -> list[str]:
+        """The parameters ``delta`` changes, each checked to exist with the delta's shape."""
+        for piece in delta.pieces():
+            param = self._param(piece.param)
+            if tuple(param.shape) != piece.shape:
+                raise DeltaMismatch(
+                    f"delta {delta.id} has shape {piece.shape} but {piece.param} is {tuple(param.shape)}"
+                )
+        return [p.param for p in delta.pieces()]
 
     def apply(self, delta: WeightDelta) -> None:
-        param = self._param(delta.param)
-        if tuple(param.shape) != delta.shape:
-            raise DeltaMismatch(
-                f"delta {delta.id} has shape {delta.shape} but {delta.param} is {tuple(param.shape)}"
-            )
+        names = self._check_fits(delta)
         if delta.id in self._applied:
             raise DeltaMismatch(f"delta {delta.id} is already applied")
-        if delta.param not in self._originals:
-            self._originals[delta.param] = param.detach().clone()
+        for name in names:
+            if name not in self._originals:
+                self._originals[name] = self._param(name).detach().clone()
         self._applied[delta.id] = delta
         try:
-            self._recompute(delta.param)
+            self._recompute(*names)
         except BaseException:
             del self._applied[delta.id]
-            self._recompute(delta.param)
+            self._recompute(*names)
             raise
 
     def revert(self, delta_id: str) -> WeightDelta:
         delta = self._applied.pop(delta_id, None)
         if delta is None:
             raise DeltaMismatch(f"delta {delta_id} is not applied")
-        self._recompute(delta.param)
+        self._recompute(*[p.param for p in delta.pieces()])
         return delta
 
     def replace(self, delta_id: str, delta: WeightDelta) -> None:
         """Put ``delta`` where ``delta_id`` is in the order of application (a superseding edit
-        rebased when the edit it superseded is reverted: ``editing.engine.Editor.rebase``)."""
+        rebased when the edit it superseded is reverted: ``editing.engine.Editor.rebased``)."""
         if delta_id not in self._applied:
             raise DeltaMismatch(f"delta {delta_id} is not applied")
         old = self._applied[delta_id]
-        if delta.param != old.param or delta.shape != old.shape:
+        names = self._check_fits(delta)
+        if names != [p.param for p in old.pieces()]:
             raise DeltaMismatch(f"delta {delta.id} does not fit where {delta_id} is ({old.param})")
         self._applied = {(delta.id if i == delta_id else i): (delta if i == delta_id else d)
                          for i, d in self._applied.items()}
         try:
-            self._recompute(delta.param)
+            self._recompute(*names)
         except BaseException:
             self._applied = {(delta_id if i == delta.id else i): (old if i == delta.id else d)
                              for i, d in self._applied.items()}
-            self._recompute(delta.param)
+            self._recompute(*names)
             raise
 
     def written_keys(self, param: str, exclude: set[str] = frozenset()) -> torch.Tensor | None:
         """The keys (n, d_in) that the applied deltas on ``param`` write values at, in order of
         application, leaving out the deltas in ``exclude``: the history a new edit preserves."""
-        keys = [d.keys for d in self._applied.values()
-                if d.param == param and d.id not in exclude and d.keys is not None]
+        keys = [p.keys for d in self._applied.values() if d.id not in exclude
+                for p in d.pieces() if p.param == param and p.keys is not None]
         return torch.cat([k.float().reshape(-1, k.shape[-1]) for k in keys]) if keys else None
 
     def revert_all(self) -> None:

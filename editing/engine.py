@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from editing.delta import DeltaStack, WeightDelta
 from editing.errors import LayerOutOfRange
 from editing.fingerprint import model_fingerprint
-from editing.hparams import FTHyperParams, ROMEHyperParams, hparams_for
+from editing.hparams import FTHyperParams, KNHyperParams, ROMEHyperParams, hparams_for
 from editing.inspection.lens import choose_layer, logit_lens
 from editing.machinery.context import sample_prefixes
 from editing.machinery.covariance import Corpus, CovarianceCache
@@ -39,13 +39,14 @@ from editing.machinery.relations import other_subject_prompts, same_subject_prom
 from editing.machinery.rows import ChatPromptFn
 from editing.machinery.suffix import PrefixCache
 from editing.methods.ft import compute_ft_delta
-from editing.methods.rome import compute_rome_batch, compute_rome_delta
+from editing.methods.kn import compute_kn_delta
+from editing.methods.rome import SpreadLayer, compute_rome_batch, compute_rome_delta, compute_rome_spread
 from editing.request import EditRequest
 from editing.spec import n_layers, spec_for
 from runtime.conversation import Conversation
 from runtime.loader import LoadedModel, amend_home
 
-Method = Literal["rome", "ft"]
+Method = Literal["rome", "ft", "kn"]
 
 
 @dataclass
@@ -162,7 +163,7 @@ class Editor:
         request: EditRequest,
         method: Method = "rome",
         layer: int | str | None = None,
-        hparams: ROMEHyperParams | FTHyperParams | dict | None = None,
+        hparams: ROMEHyperParams | FTHyperParams | KNHyperParams | dict | None = None,
         *,
         locality_prompts: list[str] = (),
         progress: ProgressFn | None = None,
@@ -174,7 +175,21 @@ class Editor:
         layer = self.resolve_layer(layer, request)
         chat_prompt = self.chat_prompt if hparams.chat_template else None
         stats_seconds = 0.0
-        if method == "rome":
+        if method == "rome" and hparams.spread > 1:
+            if layer - hparams.spread + 1 < 0:
+                raise LayerOutOfRange(layer - hparams.spread + 1, self.depth)
+            spread = []
+            for at in range(layer - hparams.spread + 1, layer + 1):
+                covariance, seconds = self._covariance(hparams, at, progress)
+                stats_seconds += seconds
+                spread.append(SpreadLayer(at, covariance, self._history([request], hparams, at)))
+            result = compute_rome_spread(
+                self.model, self.tokenizer, request, hparams, self.spec, spread,
+                templates=self.templates(request.language, hparams.n_prefixes, hparams.prefix_lengths),
+                chat_prompt=chat_prompt, locality_prompts=list(locality_prompts) or self._same_subject(request, hparams),
+                progress=progress, prefix_cache=self.prefix_cache, checks=self.checks,
+            )
+        elif method == "rome":
             assert isinstance(hparams, ROMEHyperParams)
             covariance, stats_seconds = self._covariance(hparams, layer, progress)
             same_subject = self._same_subject(request, hparams)
@@ -194,8 +209,16 @@ class Editor:
                 templates=templates, chat_prompt=chat_prompt, progress=progress, prefix_cache=self.prefix_cache,
                 checks=self.checks,
             )
+        elif method == "kn":
+            assert isinstance(hparams, KNHyperParams)
+            result = compute_kn_delta(
+                self.model, self.tokenizer, request, hparams, self.spec,
+                templates=self.templates(request.language, hparams.n_prefixes, (5, 10)), chat_prompt=chat_prompt,
+                progress=progress,
+            )
+            layer = result.neurons[0][0]  # the layer of the strongest knowledge neuron
         else:
-            raise ValueError(f"unknown method {method!r}; choose rome or ft")
+            raise ValueError(f"unknown method {method!r}; choose rome, ft or kn")
         delta = result.delta
         delta.meta.update(
             request=request.model_dump(),
@@ -269,11 +292,12 @@ class Editor:
         param = f"{self.spec.mlp_out_at(layer)}.weight"
         kept = []
         for delta in self.stack.applied:
-            if delta.param != param or delta.keys is None:
-                continue
-            recorded = delta.meta.get("requests", [delta.meta.get("request")] * len(delta.keys))
-            kept += [key for key, fact in zip(delta.keys.float(), recorded)
-                     if not any(same_fact(fact, r) for r in requests)]
+            for piece in delta.pieces():
+                if piece.param != param or piece.keys is None:
+                    continue
+                recorded = delta.meta.get("requests", [delta.meta.get("request")] * len(piece.keys))
+                kept += [key for key, fact in zip(piece.keys.float(), recorded)
+                         if not any(same_fact(fact, r) for r in requests)]
         return torch.stack(kept) if kept else None
 
     def _same_subject(self, request: EditRequest, hparams: ROMEHyperParams) -> list[str]:
@@ -294,13 +318,13 @@ class Editor:
         param = None if layer is None else f"{self.spec.mlp_out_at(layer)}.weight"
         return [d for d in self.stack.applied
                 if any(same_fact(r, request) for r in d.meta.get("requests", [d.meta.get("request")]))
-                and (param is None or d.param == param)]
+                and (param is None or any(p.param == param for p in d.pieces()))]
 
     def rebased(self, delta: WeightDelta, without: WeightDelta) -> WeightDelta:
         """``delta`` recomputed to write its values at its keys on the current weights less
         ``without`` (same input directions V, new output factors U): when ``without`` — an edit
         ``delta`` superseded — is reverted, the newer fact stays exactly as it was written."""
-        if delta.keys is None or delta.kind == "dense" or without.param != delta.param:
+        if delta.keys is None or delta.kind in ("dense", "compound") or without.param != delta.param:
             raise ValueError("only a delta that records its keys, on the same matrix, can be rebased")
         param = self.model.get_parameter(delta.param)
         keys = delta.keys.float().to(param.device)  # (n, d_in)

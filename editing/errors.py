@@ -50,3 +50,11 @@ class LayerOutOfRange(EditingError, ValueError):
 
 class DeltaMismatch(EditingError):
     """A stored delta does not fit the loaded model (shape, fingerprint or checksum)."""
+
+
+class NoKnowledgeNeurons(EditingError):
+    """KN found no neuron whose attribution stood out on enough of the fact's prompts."""
+
+    def __init__(self) -> None:
+        super().__init__("no knowledge neurons were found for this fact (no neuron's attribution stood out on "
+                         "enough of its prompts); KN cannot edit it — try ROME")

@@ -45,6 +45,9 @@ class ROMEHyperParams(_Strict):
     update_rule: Literal["r-rome", "original"] = "r-rome"
     # run each step only from the subject's last token on (prefix in a KV cache); False: whole rows
     fast_upper_layers: bool = True
+    # write over this many layers, the edit layer and those below it (MEMIT's spreading,
+    # editing.methods.rome.compute_rome_spread); 1 = ROME's one layer
+    spread: int = Field(1, ge=1, le=16)
     # -- what the update preserves besides C₀ (editing.machinery.preservation; docs/lifelong.md)
     # λ_h: the keys earlier applied edits at this layer wrote; 0 = each edit as if it were the only
     # one (plain r-ROME).  1 keeps an earlier key's output to ~1/(1 + d) of the leak plain r-ROME
@@ -115,7 +118,27 @@ class FTHyperParams(_Strict):
         return betas
 
 
-HPARAMS = {"rome": ROMEHyperParams, "ft": FTHyperParams}
+class KNHyperParams(_Strict):
+    """Knowledge neurons (editing.methods.kn): the paper's settings unless said otherwise."""
+
+    steps: int = Field(20, ge=1, le=200)  # m, the Riemann steps of the integrated gradient
+    threshold: float = Field(0.2, gt=0, le=1)  # t: a neuron counts on a prompt at ≥ t × that prompt's max
+    share: float = Field(0.7, gt=0, le=1)  # p: ... and is a knowledge neuron when it counts on ≥ p of the prompts
+    wanted_neurons: tuple[int, int] = (2, 5)  # p moves by 0.05 (≤ 6 times) until this many remain
+    lambda_old: float = Field(1.0, ge=0)  # λ₁: how much of the old object's direction is taken out of a slot
+    lambda_new: float = Field(8.0, ge=0)  # λ₂: how much of the new object's direction is put in
+    # the fact's prompts: the bare prompt, this many prefixes sampled from the model, the chat form
+    n_prefixes: int = Field(4, ge=0, le=20)
+    chat_template: bool = True
+    layers: tuple[int, ...] | None = None  # which layers' neurons are attributed; None: all
+    layers_per_pass: int = Field(8, ge=1)  # layers whose m scaled copies run as one batch
+    # neurons that stand out for the relation, not the fact, are left out (the paper's code: found in
+    # > 10% of a relation's facts): the same prompt about this many other subjects ...
+    relation_samples: int = Field(3, ge=0, le=20)
+    common_share: float = Field(0.3, ge=0, le=1)  # ... a neuron kept on more than this share of them is common
+
+
+HPARAMS = {"rome": ROMEHyperParams, "ft": FTHyperParams, "kn": KNHyperParams}
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
@@ -143,7 +166,7 @@ def cli_overrides(method: str, pairs: list[str] | None, no_covariance: bool = Fa
     return overrides
 
 
-def hparams_for(method: str, overrides: dict | None = None) -> ROMEHyperParams | FTHyperParams:
+def hparams_for(method: str, overrides: dict | None = None) -> ROMEHyperParams | FTHyperParams | KNHyperParams:
     try:
         cls = HPARAMS[method]
     except KeyError:

@@ -3,6 +3,7 @@ with the applied deltas, superseding and rebasing, and many facts written in one
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from editing.delta import DeltaStack, WeightDelta
@@ -187,3 +188,45 @@ def test_the_gpu_benchmark_runs_its_code_on_a_tiny_model(smollm2, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["edits"] == 3 and set(result["solve_s_by_history"]) == {"0", "1000", "5000"}
     assert result["history_kb_per_edit"] == round(128 * 4 / 1024, 1)
+
+
+def test_a_compound_delta_changes_several_matrices_as_one(tiny, tokenizer, tmp_path):
+    """One edit over two layers: applied, saved, loaded and reverted as one, bit for bit."""
+    spec = spec_for(tiny)
+    before = state(tiny)
+    parts = []
+    for layer in (1, 2):
+        weights = tiny.get_parameter(spec.mlp_out_at(layer) + ".weight")
+        parts.append(WeightDelta(param=spec.mlp_out_at(layer) + ".weight", kind="dense",
+                                 tensors={"delta": torch.randn(weights.shape) * 1e-2}))
+    delta = WeightDelta.compound(parts, meta={"method": "test"})
+    delta.save(tmp_path / "both.safetensors")
+    loaded = WeightDelta.load(tmp_path / "both.safetensors")
+    assert loaded.kind == "compound" and [p.param for p in loaded.pieces()] == [p.param for p in parts]
+    assert loaded.norm() == pytest.approx(delta.norm(), rel=1e-6)
+    stack = DeltaStack(tiny)
+    stack.apply(loaded)
+    for part in parts:
+        assert not torch.equal(tiny.get_parameter(part.param), before[part.param])
+    stack.revert(loaded.id)
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
+
+
+def test_a_spread_edit_writes_its_share_at_every_layer_and_reaches_v_star(tiny, tokenizer, tmp_path):
+    """MEMIT-style spreading over three layers: one compound delta, each layer's write exact at
+    its key, and together they move the top layer's residual at the subject to z = h + δ."""
+    ed = make_editor(tiny, tokenizer, tmp_path)
+    ed._default_layer = 2
+    before = state(tiny)
+    outcome = ed.compute(FACTS[0], "rome", 2, {**PRESERVE, "spread": 3})
+    delta = outcome.delta
+    assert delta.kind == "compound" and [int(p.param.split(".")[-4]) for p in delta.pieces()] == [0, 1, 2]
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items()), "computing writes nothing"
+    ed.stack.apply(delta)
+    for part in delta.pieces():  # each layer's write: exact at its own key (the keys below it moved)
+        u, v = part.factors()
+        assert float((v @ part.keys.T)[0, 0]) != 0 and part.keys.shape[0] == 1
+    history = ed.stack.written_keys(delta.pieces()[1].param)
+    assert torch.equal(history, delta.pieces()[1].keys)
+    ed.stack.revert(delta.id)
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())

@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m editing.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, choices=DATASETS)
     parser.add_argument("--file", required=True)
-    parser.add_argument("--method", default="rome", choices=["rome", "ft"])
+    parser.add_argument("--method", default="rome", choices=["rome", "ft", "kn"])
     parser.add_argument("--layer", default=None, type=lambda v: v if v == "auto" else int(v))
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--model", default="smollm2")

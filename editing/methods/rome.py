@@ -26,6 +26,15 @@ applied edit at this layer wrote (``history``) and the keys of the subject's oth
 Many facts at once (``compute_rome_batch``) run steps 1–2 for each fact on the same weights and
 write all of them in one solve, Δ K = R (MEMIT's batch form, Meng et al. 2023, on one layer).
 
+Spreading (``hparams.spread`` > 1, ``compute_rome_spread``): MEMIT's other idea (Meng et al.
+2023, Alg. 1).  v* is optimised at the edit layer L as usual, which fixes the target of the
+residual stream there, z = h_L + δ; the change is then written over the layers L−s+1 … L in
+turn, each layer l taking an equal share of what is still missing, r_l = (z − h_L(now)) / (layers
+left), measured with the lower layers' writes in place, and writing it at its own key k_l with
+the preserving solve.  Each layer's write is smaller, so what leaks to other keys is too: the
+leaks of the s writes add up like independent ones, √s of one write's, where one layer's write
+of the whole δ leaks s times as much as each share (docs/lifelong.md).
+
 The functions return a ``WeightDelta`` (with the keys k* and values v* it writes) and leave the
 model bit-identical.
 """
@@ -44,7 +53,7 @@ from transformers import PreTrainedTokenizerBase
 from editing.delta import WeightDelta
 from editing.hparams import ROMEHyperParams
 from editing.machinery.forward import PassChecks
-from editing.machinery.hooks import Hooks, Trace, hook_output
+from editing.machinery.hooks import Hooks, Trace, hook_input, hook_output
 from editing.machinery.objective import Objective, ProgressFn
 from editing.machinery.preservation import PreservedKeys, solve_write
 from editing.machinery.rows import ChatPromptFn, build_rows
@@ -296,6 +305,94 @@ def compute_rome_batch(
               "steps": [len(f.losses) for f in found], "dtype": str(next(model.parameters()).dtype)},
     )
     return ROMEBatchResult(delta=delta, values=found, seconds=time.perf_counter() - start)
+
+
+@dataclass
+class SpreadLayer:
+    """What one layer of a spread write needs: its statistics and the keys it keeps."""
+
+    layer: int
+    covariance: torch.Tensor | None
+    history: torch.Tensor | None
+
+
+def compute_rome_spread(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest,
+    hparams: ROMEHyperParams,
+    spec: ModelSpec,
+    layers: list[SpreadLayer],
+    *,
+    templates: list[str],
+    chat_prompt: ChatPromptFn | None = None,
+    locality_prompts: list[str] = (),
+    progress: ProgressFn | None = None,
+    prefix_cache: PrefixCache | None = None,
+    checks: PassChecks | None = None,
+) -> ROMEResult:
+    """ROME's v* at the top layer of ``layers`` (ascending), written over all of them
+    (module docstring); a compound delta of one rank-one part per layer, the model unchanged."""
+    start = time.perf_counter()
+    top = layers[-1].layer
+    found = optimise_value(model, tokenizer, request, hparams, spec, top, templates=templates,
+                           chat_prompt=chat_prompt, locality_prompts=locality_prompts, progress=progress,
+                           prefix_cache=prefix_cache, checks=checks)
+    (progress or (lambda *a: None))("writing weights", hparams.v_steps, hparams.v_steps, None)
+    rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None)
+    batch = pad_batch([r.ids for r in rows.rewrite], pad_id(tokenizer), found.key.device)
+    where = [(i, p) for i, r in enumerate(rows.rewrite) for p in r.subject_positions]
+    row_index = torch.tensor([i for i, _ in where], device=found.key.device)
+    position = torch.tensor([p for _, p in where], device=found.key.device)
+    written: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []  # (module, U, V) of the layers below
+
+    def add_written(module_u_v):
+        module, u, v = module_u_v
+
+        def hook(_m, args, output):  # the lower layers' writes, in this thread's passes only
+            x = args[0].float()
+            return output + ((x @ v.T) @ u).to(output.dtype)  # (rows, seq, d_in) -> (rows, seq, d_out)
+        return hook_output(module, hook)
+
+    @torch.no_grad()
+    def measure(layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean key at ``layer``, mean residual after the top layer) at the subject, now."""
+        seen = {}
+
+        def key(_m, args):
+            seen["key"] = args[0][row_index, position].float().mean(0)
+
+        hooks = Hooks(hook_input(model.get_submodule(spec.mlp_out_at(layer)), key), *[add_written(w) for w in written])
+        with hooks, Trace(model, spec.layer(top), retain_output=True, stop=True) as trace:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        return seen["key"], trace.output[row_index, position].float().mean(0)
+
+    _, h_before = measure(layers[0].layer)
+    target = h_before + found.delta  # z: the residual after the top layer, with v* in place
+    parts = []
+    for i, spread in enumerate(layers):
+        key, h_now = measure(spread.layer)
+        residual = (target - h_now) / (len(layers) - i)
+        preserved = PreservedKeys(spread.covariance, history=spread.history, history_weight=hparams.history_weight,
+                                  ridge=hparams.ridge)
+        u, v = solve_write(preserved, key[None], residual[None])  # (1, d_out), (1, d_in)
+        module = model.get_submodule(spec.mlp_out_at(spread.layer))
+        with torch.no_grad():
+            current = module(key[None].to(module.weight.dtype)).float()[0]  # W_l k_l
+        written.append((module, u.to(key.device), v.to(key.device)))
+        parts.append(WeightDelta(param=f"{spec.mlp_out_at(spread.layer)}.weight", kind="rank_one",
+                                 tensors={"u": u[0].cpu(), "v": v[0].cpu(), "keys": key[None].cpu(),
+                                          "values": (current + residual)[None].cpu()},
+                                 transposed=spec.conv1d))
+    meta = {"method": "rome", "layer": top, "spread": [s.layer for s in layers], "update_rule": hparams.update_rule,
+            "covariance": layers[0].covariance is not None,
+            "history_keys": 0 if layers[-1].history is None else len(layers[-1].history),
+            "delta_norm": float(found.delta.norm()), "value_norm": float(found.current.norm()),
+            "steps": len(found.losses), "final_loss": found.losses[-1] if found.losses else None,
+            "dtype": str(next(model.parameters()).dtype)}
+    return ROMEResult(delta=WeightDelta.compound(parts, meta), key=found.key, value=found.target,
+                      losses=found.losses, target_prob=found.target_prob, seconds=time.perf_counter() - start,
+                      fast_path=found.fast_path)
 
 
 def _other_keys(model, tokenizer, spec, layer, hparams: ROMEHyperParams,
