@@ -595,7 +595,7 @@ def build_ui(assistant):
                                               type="filepath")
                         with gr.Column():
                             c["import_password"] = gr.Textbox(type="password", label="Edit password")
-                            import_btn = gr.Button("Import corrections", variant="primary")
+                            import_btn = gr.Button("Import the file", variant="primary")
                     c["import_notice"] = gr.Markdown()
                     c["import_preview"] = gr.Dataframe(headers=["line", "subject", "prompt", "new answer", "question",
                                                                 "check"], interactive=False, wrap=True)

@@ -7,6 +7,7 @@ bf16 weights (timing depends on shapes, not values).
 
     python -m bench.edit_speed [--n 10] [--fresh-stats]   (--fresh-stats: time statistics from scratch)
     python -m bench.edit_speed --gpu
+    python -m bench.edit_speed --history   (the preserving solve's cost against the number of earlier edits)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "counterfact-dev.json"
+KN_CASES = 3  # a KN edit takes about a minute on this CPU (its integrated gradients over every layer)
 
 
 def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
@@ -41,20 +43,23 @@ def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
     editor.templates("en", 10, (5, 10))  # sampled once per model; not part of an edit
     result = {"model": alias, "layer": editor.default_layer, "statistics_s": round(stats_s, 1),
               "statistics_cached": editor.covariance.last_from_cache}
-    for method in ("rome", "ft"):
-        times, probs, steps = [], [], []
-        for case in cases:
+    for method in ("rome", "ft", "kn"):
+        times, probs, steps, parts = [], [], [], []
+        for case in cases[:KN_CASES] if method == "kn" else cases:
             t0 = time.perf_counter()
             outcome = editor.compute(case.request, method)
             times.append(time.perf_counter() - t0)
             probs.append(outcome.target_prob)
             steps.append(len(outcome.losses))
+            parts.append(outcome.delta.meta.get("seconds_by_part", {}))
             stack.apply(outcome.delta)
             stack.revert(outcome.delta.id)
         result[f"{method}_median_s"] = round(statistics.median(times), 2)
         result[f"{method}_max_s"] = round(max(times), 2)
         result[f"{method}_median_steps"] = statistics.median(steps)
         result[f"{method}_mean_target_prob"] = round(statistics.mean(probs), 3)
+        for part in parts[0] if parts and parts[0] else ():  # where KN's time goes
+            result[f"{method}_{part}_median_s"] = round(statistics.median(p[part] for p in parts), 2)
     result["peak_rss_mb"] = round(peak_rss_mb())
     if fresh_stats:
         import shutil
@@ -95,8 +100,40 @@ def gpu() -> dict:
             "rome_s_per_edit_25_steps": round(statistics.median(times[1:]), 2)}
 
 
+def history_cost(widths: tuple[int, ...] = (1536, 2048), earlier: tuple[int, ...] = (0, 100, 1000)) -> list[dict]:
+    """Milliseconds of the preserving solve (A = C₀ + λ Σ kᵢkᵢᵀ, then Δ) for one edit, against the
+    number of earlier edits' keys, at the key widths of smollm2 (1536) and gemma3-270m (2048):
+    the only part of an edit the history adds to.  Random keys: the time depends on shapes only."""
+    import torch
+
+    from editing.machinery.preservation import PreservedKeys, solve_write
+
+    rows = []
+    for width in widths:
+        moment = torch.randn(width, width)
+        moment = moment @ moment.T / width
+        row: dict = {"d_in": width, "history_MB_per_1000_edits": round(1000 * width * 4 / 2**20, 1),
+                     "A_float64_MB": round(width * width * 8 / 2**20, 1)}
+        for n in earlier:
+            preserved = PreservedKeys(moment, torch.randn(n, width) if n else None, 1.0)
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                solve_write(preserved, torch.randn(1, width), torch.randn(1, 576))
+                times.append(time.perf_counter() - t0)
+            row[f"solve_ms_{n}_earlier"] = round(1000 * statistics.median(times), 1)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if args[:1] == ["--history"]:
+        from bench.common import markdown_table
+
+        rows = history_cost()
+        print(markdown_table(rows, list(rows[0])))
+        return
     if args[:1] == ["--measure"]:
         print(json.dumps(measure(args[1], int(args[2]), "--fresh-stats" in args)))
         return

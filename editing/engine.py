@@ -140,12 +140,16 @@ class Editor:
                                                        lengths=lengths)
         return self._templates[key]
 
-    def statistics(self, layer: int, n_tokens: int, progress=None):
+    def statistics(self, layer: int, n_tokens: int, progress=None, *, unedited: bool = False):
         """C = E[k kᵀ] at ``layer``, of the unedited model's keys — unless an applied edit sits
-        below ``layer`` (it changes the keys there): then of the current weights, in memory only."""
+        below ``layer`` (it changes the keys there): then of the current weights, in memory only.
+        ``unedited``: the unedited model's statistics whenever they are on disk, edits below or
+        not (a write spread over layers keeps C₀ of the model as it was, as MEMIT does)."""
         below = sorted(i for i in map(self._layer_of, getattr(self.model, "_amend_edited_params", ()))
                        if i is not None and i < layer)
         weights = None
+        if below and unedited and self.covariance.path(layer, self.corpus, n_tokens).exists():
+            below = []
         if below:
             state = repr(getattr(self.model, "_amend_weights_state", ())).encode()
             weights = f"edited-{hashlib.sha256(state).hexdigest()[:12]}"
@@ -282,7 +286,7 @@ class Editor:
         if not hparams.covariance:
             return None, 0.0
         stats_progress = (lambda done, total: progress("statistics", done, total, None)) if progress else None
-        covariance = self.statistics(layer, hparams.mom2_n_tokens, stats_progress)
+        covariance = self.statistics(layer, hparams.mom2_n_tokens, stats_progress, unedited=hparams.spread > 1)
         return covariance, 0.0 if self.covariance.last_from_cache else self.covariance.last_seconds
 
     def _history(self, requests: list[EditRequest], hparams: ROMEHyperParams, layer: int):

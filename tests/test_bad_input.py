@@ -103,7 +103,7 @@ def test_bad_hyperparameters_fail_at_start_with_their_name(smollm2, tmp_path):
     with pytest.raises(ValidationError, match="adam_betas"):
         make_assistant(smollm2, tmp_path, hparams={"ft": {"adam_betas": [1.0, 0.9]}})
     with pytest.raises(ValueError, match="unknown method"):
-        make_assistant(smollm2, tmp_path, hparams={"kn": {}})
+        make_assistant(smollm2, tmp_path, hparams={"memit": {}})
 
 
 # -- chat messages ----------------------------------------------------------------------------

@@ -102,16 +102,24 @@ def test_correct_a_fact_twice_and_import_a_file_by_clicking(page_url, tmp_path):
         expect(page.get_by_text("base model + 0 edits")).to_be_visible()
 
         page.get_by_role("tab", name="Edit log").click()
-        page.get_by_text("Import corrections").click()
-        page.locator("input[type=file]").first.set_input_files(str(facts))
-        expect(page.get_by_text("1 not valid")).to_be_visible(timeout=30_000)
+        page.get_by_text("Import corrections").click()  # opens the accordion
+        try:
+            with page.expect_file_chooser() as chooser:
+                page.get_by_text("Click to Upload").first.click()
+            chooser.value.set_files(str(facts))
+            expect(page.get_by_text("1 not valid")).to_be_visible(timeout=30_000)
+        finally:
+            page.screenshot(path=str(shots / "import-debug.png"), full_page=True)
         page.screenshot(path=str(shots / "import-preview.png"), full_page=True)
         facts.write_text("subject,prompt,target_new\nToyota,Toyota is a company from the country of,Germany\n",
                          encoding="utf-8")
-        page.locator("input[type=file]").first.set_input_files(str(facts))
+        page.get_by_label("Clear").filter(visible=True).first.click()  # the file box's ✕: choose another file
+        with page.expect_file_chooser() as chooser:
+            page.get_by_text("Click to Upload").first.click()
+        chooser.value.set_files(str(facts))
         expect(page.get_by_text("all valid")).to_be_visible(timeout=30_000)
         page.get_by_label("Edit password", exact=True).filter(visible=True).last.fill(PASSWORD)
-        page.get_by_role("button", name="Import corrections").click()
+        page.get_by_role("button", name="Import the file").click()
         expect(page.get_by_text("Imported 1 correction(s)")).to_be_visible(timeout=240_000)
         expect(page.get_by_text("base model + 1 edit")).to_be_visible()
         page.screenshot(path=str(shots / "import.png"), full_page=True)

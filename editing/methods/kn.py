@@ -201,13 +201,16 @@ def compute_kn_delta(
     if old_id == new_id:  # nothing to erase: attribute the model's own prediction
         old_id = predicted
     layers = list(range(n_layers(model, spec))) if hparams.layers is None else list(hparams.layers)
+    clock = time.perf_counter()
     scores = []
     for i, prompt in enumerate(prompts):
         report("attributing", i, len(prompts), None)
         scores.append(attribute(model, tokenizer, spec, prompt, old_id, steps=hparams.steps, layers=layers,
                                 layers_per_pass=hparams.layers_per_pass))
     scores = torch.stack(scores)  # (prompts, layers, d_ff)
+    attribution_s, clock = time.perf_counter() - clock, time.perf_counter()
     common = _relation_common(model, tokenizer, spec, request, hparams, layers, report)
+    relation_s = time.perf_counter() - clock
     neurons = select_neurons(scores, hparams.threshold, hparams.share, tuple(hparams.wanted_neurons),
                              excluded=common)
     if not neurons:
@@ -228,6 +231,7 @@ def compute_kn_delta(
                                  tensors={"U": change.cpu(), "V": one_hot.cpu()}, transposed=spec.conv1d))
     meta = {"method": "kn", "neurons": neurons, "layers": sorted({layer for layer, _ in neurons}),
             "prompts": len(prompts), "old_token": old_id, "new_token": new_id,
+            "seconds_by_part": {"attribution": round(attribution_s, 2), "relation": round(relation_s, 2)},
             "dtype": str(next(model.parameters()).dtype)}
     delta = WeightDelta.compound(parts, meta) if len(parts) > 1 else _with_meta(parts[0], meta)
     return KNResult(delta=delta, neurons=neurons, scores=scores.cpu(), seconds=time.perf_counter() - start)
