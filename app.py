@@ -707,6 +707,11 @@ def render_report(report) -> str:
         headline = (f"已修改权重，但模型还没有给出新答案（P = {a.target_prob:.1%}）：可以换一层再试，或撤销。" if zh else
                     f"Edit applied, but the model does not give the new answer yet (P(new) = {a.target_prob:.1%}): "
                     "try another layer or method, or revert it.")
+    if a.fluency is not None and a.fluency.broken:
+        problems = "; ".join(a.fluency.problems)
+        headline = (f"已修改权重，但模型的回答坏了（{problems}）：建议撤销（Revert now）。" if zh else
+                    f"⚠ Edit applied, but the model's answers are broken: {problems}. Revert it (Revert now) "
+                    "unless the answers below are what you want.")
     note = f"\n\n_{a.note}_" if a.note else ""
     if report.supersedes:
         note += f"\n\nSupersedes edit{'s' if len(report.supersedes) > 1 else ''} " + \

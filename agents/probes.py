@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pydantic import BaseModel
 
 from agents.chat import ChatAgent
+from agents.fluency import FluencyCheck
 from agents.locks import RWLock
 from editing.machinery.probe import greedy_completion, target_logprobs
 from editing.request import EditRequest
@@ -38,6 +39,7 @@ class Probe(BaseModel):
     unrelated: dict[str, str] = {}
     complete: bool = False  # every part measured
     note: str | None = None  # why a part is missing
+    fluency: FluencyCheck | None = None  # after an edit, once complete: do its answers still read?
 
 
 class Prober:

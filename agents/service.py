@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from agents import fluency
 from agents.chat import ChatAgent
 from agents.faults import pause_point
 from agents.locks import RWLock
@@ -442,6 +443,11 @@ class EditService:
                 break
             report = report.model_copy(update={"after": after})
             yield report
+        if after.complete:
+            verdict = fluency.check(report.before, after, request, request.language)
+            after = after.model_copy(update={"fluency": verdict})
+            if verdict.broken:
+                log.warning("edit %d applied but its answers are broken: %s", record.id, "; ".join(verdict.problems))
         try:
             edit = self.log.annotate(record.id, after=after.model_dump())
         except (LogUnavailable, KeyError):

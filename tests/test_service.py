@@ -68,6 +68,8 @@ def test_apply_revert_replay_checkpoint(assistant, smollm2, tmp_path):
     final = parts[-1]
     assert final.after.completion.startswith("Rome") and "Rome" in final.after.chat_answer
     assert assistant.service.log.get(edit.id).after["chat_answer"] == final.after.chat_answer  # logged
+    assert final.after.fluency is not None and not final.after.fluency.broken  # an ordinary edit reads fine
+    assert assistant.service.log.get(edit.id).after["fluency"]["problems"] == []
     edited = checksum(model)
     assert edited != original
     with pytest.raises(UnknownProposal):  # the id was used up

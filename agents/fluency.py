@@ -1,0 +1,110 @@
+"""Whether the edited model still speaks: a check of the answers the edit card already measures.
+
+An edit can land (the new answer is the top choice after the prompt) and still break the model:
+a δ written too large makes the chat answer collapse into repeated or mixed-script tokens
+("郑済鴻ա中 曾 崔永康 曾 榮根 曾職權 曾才 曾昌泰 曾職權 …"), or makes every prompt answer the new
+fact ("The capital of Japan is Rome Rome"). The card's "after" column — the prompt's
+completion, the chat answer, three unrelated completions — shows both, so the check reads
+those texts and compares them with the "before" column (a model that already echoed the
+question before the edit is not broken by it).  Four signals, each with a threshold measured on
+the unedited built-in models' own chat answers (``bench/fluency_thresholds.py``, numbers below):
+
+  * repetition: the share of a text's character 6-grams that repeat an earlier one.  Unedited
+    answers: THRESH_REP; broken: above REPETITION_LIMIT where before it was not (the issue's
+    Chinese gibberish: 0.39; "Toscapapapap…": 0.54; ordinary answers about 0.02).
+  * a garbled subject (English): the subject's name runs on into more letters ("Eiffel Towert").
+  * foreign script: the share of letters in a script the question's language does not use (Latin
+    and Han for Chinese, Latin for English).  Unedited: 0 in all 120 answers; broken: above 0.10.
+  * bleeding: the new answer appears in at least two of the three unrelated completions that did
+    not contain it before.
+
+It does not score the answer's likelihood under the unedited model: that needs a second copy of
+the weights (or reverting and re-applying under the write lock, pausing every chat), for a signal
+the three above already catch on the failures seen (the gibberish of the issue, KN's "Rome Rome").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from pydantic import BaseModel
+
+REPETITION_LIMIT = 0.3
+FOREIGN_SCRIPT_LIMIT = 0.10
+BLEEDING_LIMIT = 2  # of the unrelated completions
+ALLOWED_SCRIPTS = {"en": {"LATIN"}, "zh": {"LATIN", "CJK"}}
+
+
+class FluencyCheck(BaseModel):
+    """The verdict on one edit's "after" column; ``problems`` empty: the answers read as before."""
+
+    problems: list[str] = []
+    repetition: float = 0.0  # the worst of the completion and the chat answer
+    foreign_script: float = 0.0
+    bleeding: int = 0  # unrelated completions that now name the new answer
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.problems)
+
+
+def repetition(text: str, n: int = 6) -> float:
+    """Share of the character n-grams of ``text`` (spaces collapsed) that repeat an earlier one.
+
+    Characters, not words: a collapse is often one word that never ends ("Toscapapapapap…"), and
+    Chinese has no spaces. 0 for texts under 2n characters."""
+    chars = " ".join(text.split())
+    grams = [chars[i:i + n] for i in range(len(chars) - n + 1)]
+    if len(chars) < 2 * n:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def garbled_subject(text: str, subject: str) -> bool:
+    """The subject's name runs on into more letters ("Eiffel Towert", "Eiffel Towero.com"): an
+    edit written too strongly at the subject's last token.  Not for Chinese (no word boundaries)."""
+    return re.search(re.escape(subject) + r"(?=[^\W_])", text) is not None
+
+
+def _script(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return name.split(" ")[0] if name else ""
+
+
+def foreign_script(text: str, language: str) -> float:
+    """Share of the letters of ``text`` written in a script ``language`` does not use."""
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return 0.0
+    allowed = ALLOWED_SCRIPTS.get(language, ALLOWED_SCRIPTS["en"])
+    return sum(_script(ch) not in allowed for ch in letters) / len(letters)
+
+
+def check(before, after, request, language: str) -> FluencyCheck:
+    """Compare the "after" probe with the "before" one (both ``agents.probes.Probe``) of the
+    edit ``request`` (an ``EditRequest``)."""
+    problems = []
+    texts = [(name, getattr(before, name) or "", getattr(after, name) or "") for name in ("completion", "chat_answer")]
+    for name, b, a in texts:
+        label = "the chat answer" if name == "chat_answer" else "the completion"
+        if repetition(a) > REPETITION_LIMIT >= repetition(b):
+            problems.append(f"{label} repeats itself ({repetition(a):.0%} of it)")
+        if foreign_script(a, language) > FOREIGN_SCRIPT_LIMIT >= foreign_script(b, language):
+            problems.append(f"{label} mixes scripts ({foreign_script(a, language):.0%} of its letters)")
+        if language == "en" and garbled_subject(a, request.subject) and not garbled_subject(b, request.subject):
+            problems.append(f"{label} garbles the subject's name (“{_around(a, request.subject)}”)")
+    target = request.target_new.strip().lower()
+    bleeding = sum(1 for prompt, text in after.unrelated.items()
+                   if target in text.lower() and target not in before.unrelated.get(prompt, "").lower())
+    if bleeding >= BLEEDING_LIMIT:
+        problems.append(f"{bleeding} of {len(after.unrelated)} unrelated prompts now answer “{request.target_new.strip()}”")
+    return FluencyCheck(problems=problems,
+                        repetition=round(max(repetition(a) for _, _, a in texts), 3),
+                        foreign_script=round(max(foreign_script(a, language) for _, _, a in texts), 3),
+                        bleeding=bleeding)
+
+
+def _around(text: str, subject: str) -> str:
+    match = re.search(re.escape(subject) + r"\w*", text)
+    return match.group(0) if match else subject
