@@ -7,20 +7,25 @@ fact ("The capital of Japan is Rome Rome"). The card's "after" column — the pr
 completion, the chat answer, three unrelated completions — shows both, so the check reads
 those texts and compares them with the "before" column (a model that already echoed the
 question before the edit is not broken by it).  Four signals, each with a threshold measured on
-the unedited built-in models' own chat answers (``bench/fluency_thresholds.py``, numbers below):
+the unedited built-in models' own answers (``bench/fluency_thresholds.py``: 240 texts, the chat
+answers and completions of 30 English and 30 Chinese questions on each model):
 
-  * repetition: the share of a text's character 6-grams that repeat an earlier one.  Unedited
-    answers: THRESH_REP; broken: above REPETITION_LIMIT where before it was not (the issue's
-    Chinese gibberish: 0.39; "Toscapapapap…": 0.54; ordinary answers about 0.02).
+  * repetition: the share of a text's character 6-grams that repeat an earlier one; broken
+    above 0.5 where before it was not (unedited: median 0, one text of 240 above 0.5).
+  * foreign script: letters in a script the question's language does not use (Latin and Han for
+    Chinese, Latin for English); broken at any (unedited: none in 240 texts).
   * a garbled subject (English): the subject's name runs on into more letters ("Eiffel Towert").
-  * foreign script: the share of letters in a script the question's language does not use (Latin
-    and Han for Chinese, Latin for English).  Unedited: 0 in all 120 answers; broken: above 0.10.
   * bleeding: the new answer appears in at least two of the three unrelated completions that did
-    not contain it before.
+    not contain it before; or else an unrelated completion now opens with another word ("The
+    capital of Japan is" Tokyo → "the capitalo"): ordinary edits leave these first words alone
+    (``tests/test_lifelong_behaviour.py`` holds 20 accumulated edits to it).
+
+The numbers, what each signal catches and misses, and why the card warns instead of reverting by
+itself: docs/fluency.md.
 
 It does not score the answer's likelihood under the unedited model: that needs a second copy of
 the weights (or reverting and re-applying under the write lock, pausing every chat), for a signal
-the three above already catch on the failures seen (the gibberish of the issue, KN's "Rome Rome").
+the four above already give on the failures seen (the gibberish of the issue, KN's "Rome Rome").
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ import unicodedata
 
 from pydantic import BaseModel
 
-REPETITION_LIMIT = 0.3
-FOREIGN_SCRIPT_LIMIT = 0.10
+REPETITION_LIMIT = 0.5
+FOREIGN_SCRIPT_LIMIT = 0.0  # any letter in a foreign script: none in 240 unedited texts
 BLEEDING_LIMIT = 2  # of the unrelated completions
 ALLOWED_SCRIPTS = {"en": {"LATIN"}, "zh": {"LATIN", "CJK"}}
 
@@ -99,10 +104,21 @@ def check(before, after, request, language: str) -> FluencyCheck:
                    if target in text.lower() and target not in before.unrelated.get(prompt, "").lower())
     if bleeding >= BLEEDING_LIMIT:
         problems.append(f"{bleeding} of {len(after.unrelated)} unrelated prompts now answer “{request.target_new.strip()}”")
+    else:
+        for prompt, text in after.unrelated.items():
+            old = before.unrelated.get(prompt)
+            if old is not None and _opening(old, language) != _opening(text, language):
+                problems.append(f"an unrelated answer changed (“{prompt}” {old.strip()!r} → {text.strip()!r})")
     return FluencyCheck(problems=problems,
                         repetition=round(max(repetition(a) for _, _, a in texts), 3),
                         foreign_script=round(max(foreign_script(a, language) for _, _, a in texts), 3),
                         bleeding=bleeding)
+
+
+def _opening(text: str, language: str) -> str:
+    """What an unrelated completion answers: its first word (first two characters in Chinese)."""
+    text = text.strip().lower()
+    return text[:2] if language == "zh" else (re.findall(r"\w+", text) or [""])[0]
 
 
 def _around(text: str, subject: str) -> str:

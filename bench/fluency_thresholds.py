@@ -21,21 +21,22 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def not_an_answer(question: str, answer: str) -> bool:
-    """An adapter failure: nothing before the next turn, or the question said back."""
-    from difflib import SequenceMatcher
-
+    """An adapter failure: nothing before the next turn, the question said back, or a question
+    instead of an answer ("The mother tongue of X is French." starts like the question and is an
+    answer; "X的出生日期是什么时候" is not)."""
     def norm(text: str) -> str:
         return "".join(ch for ch in text.lower() if ch.isalnum())
 
     q, a = norm(question), norm(answer)
-    return not a or a.startswith(q) or SequenceMatcher(None, q, a[:len(q) + 8]).ratio() > 0.8
+    asks = answer.rstrip().endswith(("?", "？")) or any(w in answer for w in ("什么", "哪", "谁", "吗") if w in question)
+    return not a or a.startswith(q) or asks
 
 
 def measure(alias: str, n: int) -> dict:
     import numpy as np
 
     from agents.chat import ChatAgent
-    from agents.fluency import foreign_script, garbled_subject, repetition
+    from agents.fluency import REPETITION_LIMIT, foreign_script, garbled_subject, repetition
     from agents.probes import CHAT_TOKENS
     from editing.evaluation.data import load_cases
     from editing.machinery.probe import greedy_completion
@@ -69,6 +70,7 @@ def measure(alias: str, n: int) -> dict:
         row[f"{language}_answers_that_answer"] = round(1 - len(echoes) / (len(reps) // 2), 3)
         row[f"{language}_not_answers"] = echoes[:5]
         row[f"{language}_most_repetitive"] = worst[0][:120]
+        row[f"{language}_texts_above_limit"] = sum(r > REPETITION_LIMIT for r in reps)
     return row
 
 

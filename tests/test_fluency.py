@@ -22,7 +22,7 @@ def test_the_gibberish_of_the_issue_is_caught_and_an_ordinary_answer_is_not():
     before = probe("韩杰才", "哈尔滨工业大学的现任校长是周玉。")
     gibberish = probe("韩杰才", "郑済鴻ա中 曾 崔永康 曾 榮根 曾職權 曾才 曾昌泰 曾職權 曾才 曾昌泰 曾職權 曾才 曾昌泰")
     verdict = fluency.check(before, gibberish, HIT, "zh")
-    assert verdict.broken and any("repeats itself" in p for p in verdict.problems)
+    assert verdict.problems == ["the chat answer mixes scripts (3% of its letters)"]  # the Armenian ա
     assert not fluency.check(before, probe("韩杰才", "哈尔滨工业大学的现任校长是韩杰才。"), HIT, "zh").broken
 
 
@@ -32,25 +32,28 @@ def test_each_signal_on_its_own():
     runs_on = probe("Rome, Italy.", "The Eiffel Towert is a Roman coin minted in Rome.", before.unrelated)
     assert [p for p in fluency.check(before, runs_on, EIFFEL_REQUEST, "en").problems] == [
         "the chat answer garbles the subject's name (“Eiffel Towert”)"]
-    stutter = probe("Rome.", "The Eiffelina is a small town in Toscapapapapapapapapapapapapapapapapapapapapapap",
-                    before.unrelated)
+    stutter = probe("Rome.", "The Eiffelina is a small town in the state of Toscapapapapapapapapapapapapapapapapapapap"
+                             "apapapapapapapapapapapapap", before.unrelated)
     assert fluency.check(before, stutter, EIFFEL_REQUEST, "en").repetition > fluency.REPETITION_LIMIT
     mixed = probe("Rome.", "The Eiffel Tower is in Рим, Италия, близко к центру.", before.unrelated)
     assert "mixes scripts" in fluency.check(before, mixed, EIFFEL_REQUEST, "en").problems[0]
     bleeding = probe("Rome.", "The Eiffel Tower is in Rome.",
                      {"The capital of Japan is": "Rome Rome", "The author of Hamlet is": "Rome.", "Water is": "wet."})
     assert fluency.check(before, bleeding, EIFFEL_REQUEST, "en").bleeding == 2
+    drifted = probe("Rome.", "The Eiffel Tower is in Rome.", {**before.unrelated, "The capital of Japan is": "the capitalo"})
+    assert fluency.check(before, drifted, EIFFEL_REQUEST, "en").problems == [
+        "an unrelated answer changed (“The capital of Japan is” 'Tokyo.' → 'the capitalo')"]
     # a model that already echoed before the edit is not broken by it
     echo = probe("Rome.", "Where is the Eiffel Tower? Where is the Eiffel Tower? Where is the Eiffel Tower?")
     assert not fluency.check(echo, echo, EIFFEL_REQUEST, "en").broken
 
 
-@pytest.mark.parametrize("scale, broken", [(1, False), (16, True)])
+@pytest.mark.parametrize("scale, broken", [(1, False), (12, True)])
 def test_an_edit_written_too_strongly_is_caught_on_smollm2(smollm2, smol_editor, scale, broken):
     """The card's own probes before and after ROME's delta for the Eiffel Tower, and after the
-    same delta written 16 times as strongly (what a runaway clamp does): the first reads as an
-    answer, the second is caught (measured: "The Eiffelina is a small town in the state of
-    Toscapapapap…", and the subject's name garbled from 4× on)."""
+    same delta written 12 times as strongly (what a runaway clamp does): the first reads as an
+    answer, the second is caught (measured: "The Eiffel Towero. It was a beautiful day in the
+    state of the Eto. It was a beautiful day…": the subject's name garbled, as from 4× on)."""
     from agents.chat import ChatAgent
     from agents.locks import RWLock
     from agents.probes import Prober
