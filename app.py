@@ -281,8 +281,8 @@ class Page:
             raise PageError("Choose the id of an applied edit first.")
         record = self.assistant.revert_edit(caller.session, edit_id, password, address=caller.address)
         batch = " with the rest of its import" if record.batch_id else ""
-        return {"notice": f"Edit {record.id} reverted{batch}: {record.subject} → {record.target_new} is undone and "
-                          "the weights are back to what they were without it.",
+        return {"notice": f"Edit {record.id} reverted{batch}: {record.subject} → {record.target_new} is undone; "
+                          "every other applied edit stays as it was written.",
                 "info": self.assistant.model_info(), "table": self.log_rows(), "password": ""}
 
     def save(self, caller: Caller, password: str) -> dict:

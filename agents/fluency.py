@@ -99,9 +99,9 @@ def check(before, after, request, language: str) -> FluencyCheck:
             problems.append(f"{label} mixes scripts ({foreign_script(a, language):.0%} of its letters)")
         if language == "en" and garbled_subject(a, request.subject) and not garbled_subject(b, request.subject):
             problems.append(f"{label} garbles the subject's name (“{_around(a, request.subject)}”)")
-    target = request.target_new.strip().lower()
+    target = request.target_new.strip()
     bleeding = sum(1 for prompt, text in after.unrelated.items()
-                   if target in text.lower() and target not in before.unrelated.get(prompt, "").lower())
+                   if _names(text, target, language) and not _names(before.unrelated.get(prompt, ""), target, language))
     if bleeding >= BLEEDING_LIMIT:
         problems.append(f"{bleeding} of {len(after.unrelated)} unrelated prompts now answer “{request.target_new.strip()}”")
     else:
@@ -113,6 +113,13 @@ def check(before, after, request, language: str) -> FluencyCheck:
                         repetition=round(max(repetition(a) for _, _, a in texts), 3),
                         foreign_script=round(max(foreign_script(a, language) for _, _, a in texts), 3),
                         bleeding=bleeding)
+
+
+def _names(text: str, target: str, language: str) -> bool:
+    """``text`` names ``target``: as a whole word in English ("US" is not in "because")."""
+    if language == "zh":
+        return target in text
+    return re.search(rf"(?<!\w){re.escape(target)}(?!\w)", text, re.IGNORECASE) is not None
 
 
 def _opening(text: str, language: str) -> str:

@@ -352,7 +352,8 @@ class EditService:
                 key = (" ".join(request.subject.split()).casefold(), " ".join(request.text.split()).casefold())
                 if row.error is None and key in seen:
                     row = row.model_copy(update={"error": f"the same fact as line {seen[key]}"})
-                seen.setdefault(key, row.line)
+                if row.error is None:
+                    seen.setdefault(key, row.line)
             checked.append(row)
         return checked
 
@@ -496,17 +497,16 @@ class EditService:
             if rebase is not None:
                 successor, rebased, path, digest = rebase
                 fields[successor.id] = {"delta_id": rebased.id, "delta_path": str(path), "delta_sha256": digest}
-            with self.editor.changing_weights(), self.lock.write():
-                self.stack.revert(delta.id)
-                if rebase is not None:
-                    self.stack.replace(successor.delta_id, rebased)
+            saved = self.stack.snapshot()
             try:
+                with self.editor.changing_weights(), self.lock.write():
+                    self.stack.revert(delta.id)
+                    if rebase is not None:
+                        self.stack.replace(successor.delta_id, rebased)
                 changed = self.log.change({r.id: "reverted" for r in rows}, fields)
             except BaseException:
                 with self.editor.changing_weights(), self.lock.write():  # keep model and log in agreement
-                    if rebase is not None:
-                        self.stack.replace(rebased.id, WeightDelta.load(successor.delta_path))
-                    self.stack.apply(WeightDelta.load(record.delta_path))
+                    self.stack.restore(saved)
                 if rebase is not None:
                     Path(path).unlink(missing_ok=True)
                 raise
@@ -516,7 +516,7 @@ class EditService:
             return next(r for r in changed if r.id == edit_id)
 
     def _rebase_for(self, delta: WeightDelta, rows: list[EditRecord]):
-        """The first later applied single edit that supersedes one of ``rows`` on the same matrix,
+        """The newest later applied single edit that supersedes one of ``rows`` on the same matrix,
         rebased without ``delta`` and saved: (its record, the rebased delta, path, sha256) or None."""
         if delta.keys is None or len(rows) != 1:
             return None
@@ -525,7 +525,7 @@ class EditService:
             return None
         later = [r for r in self.log.applied() if r.id > rows[0].id and not r.batch_id and r.layer == rows[0].layer
                  and same_fact(r.model_dump(include=FACT_FIELDS), fact)]
-        for successor in later:
+        for successor in reversed(later):  # the newest: A → B → C, A reverted, C's answer stays
             newer = next((d for d in self.stack.applied if d.id == successor.delta_id), None)
             if newer is None or newer.keys is None or newer.param != delta.param:
                 continue

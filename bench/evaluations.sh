@@ -51,3 +51,13 @@ ev --data cknowedit --file $D/cknowedit-zh-dev.json --method ft --model gemma3-2
 # 2026-12-02, second session: CKnowEdit rerun whole on a new machine (out/ was lost); the first
 # 40 ROME / 81 FT cases one process each, the rest as two shards of one thread each, e.g.
 #   ev --data cknowedit ... --method rome --model gemma3-270m --n 100 --shard 0/2   # and --shard 1/2
+# 2026-12-07: zsRE-zh rerun through the product's path (commit 401e437), two runs at a time
+ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100 --out out/zsrezh-gemma-rome
+ev --data zsre-zh --file $D/zsre-zh-dev.json --method ft --model gemma3-270m --n 100 --out out/zsrezh-gemma-ft
+# lifelong editing (docs/lifelong.md), commit 8d11a00: 200 accumulating CounterFact edits, smollm2
+SEQ="--data counterfact --file $D/counterfact-seq.json --model smollm2 --n 200 --no-chat --sequential --every 50 --chat-sample 30 --fluency-sample 16"
+ev $SEQ --method rome --set history_weight=1 --out out/seq200-smol-h1
+ev $SEQ --method rome --set history_weight=0 --out out/seq200-smol-plain
+ev $SEQ --method ft --out out/seq200-smol-ft
+# the 1,000-edit runs the issue asks for (3-4 hours each here; resumable):
+#   ev --data counterfact --file $D/counterfact-seq.json --method rome --model smollm2 --n 1000 --sequential --every 100

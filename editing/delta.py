@@ -298,9 +298,21 @@ class DeltaStack:
             self._recompute(*names)
             raise
 
+    def snapshot(self) -> dict[str, WeightDelta]:
+        """Which deltas are applied, in order: ``restore`` puts exactly these weights back."""
+        return dict(self._applied)
+
+    def restore(self, snapshot: dict[str, WeightDelta]) -> None:
+        """Back to a ``snapshot`` (a failed change of several deltas undone as one), from the
+        deltas in memory and in their order, so the sum is the same bit for bit."""
+        names = {p.param for d in (*self._applied.values(), *snapshot.values()) for p in d.pieces()}
+        self._applied = dict(snapshot)
+        self._recompute(*sorted(names))
+
     def written_keys(self, param: str, exclude: set[str] = frozenset()) -> torch.Tensor | None:
         """The keys (n, d_in) that the applied deltas on ``param`` write values at, in order of
-        application, leaving out the deltas in ``exclude``: the history a new edit preserves."""
+        application, leaving out the deltas in ``exclude`` (what a new edit's history is read
+        from; ``Editor._history`` also leaves out the facts the new edit supersedes)."""
         keys = [p.keys for d in self._applied.values() if d.id not in exclude
                 for p in d.pieces() if p.param == param and p.keys is not None]
         return torch.cat([k.float().reshape(-1, k.shape[-1]) for k in keys]) if keys else None

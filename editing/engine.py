@@ -257,6 +257,8 @@ class Editor:
             hparams = hparams_for("rome", hparams)
         if not requests:
             raise ValueError("a batch needs at least one fact")
+        if hparams.spread > 1 or hparams.update_rule != "r-rome":
+            raise ValueError("a batch is written at one layer with the r-ROME key (spread=1, update_rule=r-rome)")
         for request in requests:
             request.check_lengths(self.tokenizer)
         layer = self.resolve_layer(layer)
@@ -337,6 +339,9 @@ class Editor:
         own, gone = delta.matrix(), without.matrix()
         own, gone = (own.T, gone.T) if delta.transposed else (own, gone)
         before = (weights - own.to(weights) - gone.to(weights)) @ keys.T  # (d_out, n): what the rest gives
+        bias = getattr(self.model.get_submodule(delta.param.rsplit(".", 1)[0]), "bias", None)
+        if bias is not None:  # the recorded values are the projection's outputs, bias included (GPT-2, GPT-J)
+            before = before + bias.detach().float().to(before.device)[:, None]
         residual = delta.tensors["values"].float().to(weights).T - before  # (d_out, n)
         _, v = delta.factors()
         gram = v.to(weights) @ keys.T  # (n, n): G[i, j] = v_iᵀ k_j

@@ -58,3 +58,14 @@ class NoKnowledgeNeurons(EditingError):
     def __init__(self) -> None:
         super().__init__("no knowledge neurons were found for this fact (no neuron's attribution stood out on "
                          "enough of its prompts); KN cannot edit it — try ROME")
+
+
+class KeysTooClose(EditingError, ValueError):
+    """Two facts of one batch are stored under (nearly) the same key — the same subject at the
+    start of both prompts — so no single update can write two different values there."""
+
+    def __init__(self, first: str, second: str, cosine: float) -> None:
+        self.first, self.second, self.cosine = first, second, cosine
+        super().__init__(f"{first!r} and {second!r} are stored under nearly the same key (cosine {cosine:.3f} in the "
+                         "solve's metric), so one update cannot write both: apply them as two edits, or import them "
+                         "in separate files")

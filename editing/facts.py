@@ -54,7 +54,12 @@ def read_facts(text: str, name: str = "") -> list[FactRow]:
             records.append((line, value, None if isinstance(value, dict) else "not a JSON object"))
     else:
         reader = csv.DictReader(io.StringIO(text))
-        records = [(i + 2, row, None) for i, row in enumerate(reader)]
+        records = []
+        try:
+            for row in reader:  # line_num: where the row ends, blank lines and quoted line breaks counted
+                records.append((reader.line_num, row, None))
+        except csv.Error as exc:
+            raise ValueError(f"not a readable CSV file (line {reader.line_num}: {exc})") from None
     rows = [_row(line, value, error) for line, value, error in records]
     if len(rows) > MAX_FACTS:
         raise ValueError(f"the file has {len(rows)} facts; at most {MAX_FACTS} are imported at once — split it")

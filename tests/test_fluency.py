@@ -40,6 +40,9 @@ def test_each_signal_on_its_own():
     bleeding = probe("Rome.", "The Eiffel Tower is in Rome.",
                      {"The capital of Japan is": "Rome Rome", "The author of Hamlet is": "Rome.", "Water is": "wet."})
     assert fluency.check(before, bleeding, EIFFEL_REQUEST, "en").bleeding == 2
+    romeo = probe("Rome.", "The Eiffel Tower is in Rome.",
+                  {**before.unrelated, "The author of Hamlet is": "Shakespeare, Romeo's author"})
+    assert fluency.check(before, romeo, EIFFEL_REQUEST, "en").bleeding == 0  # a word, not a substring
     drifted = probe("Rome.", "The Eiffel Tower is in Rome.", {**before.unrelated, "The capital of Japan is": "the capitalo"})
     assert fluency.check(before, drifted, EIFFEL_REQUEST, "en").problems == [
         "an unrelated answer changed (“The capital of Japan is” 'Tokyo.' → 'the capitalo')"]

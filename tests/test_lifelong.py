@@ -8,6 +8,7 @@ import torch
 
 from editing.delta import DeltaStack, WeightDelta
 from editing.engine import Editor
+from editing.errors import KeysTooClose
 from editing.machinery.preservation import PreservedKeys, solve_write
 from editing.request import EditRequest
 from editing.spec import spec_for
@@ -125,6 +126,10 @@ def test_a_newer_edit_of_a_fact_supersedes_and_survives_the_older_ones_revert(ti
     """Eiffel Tower → Rome, then → Berlin: the newer edit is computed without the older one's key
     in its history; reverting the older edit rebases the newer one, so its value stays written."""
     ed = make_editor(tiny, tokenizer, tmp_path)
+    bias = getattr(tiny.get_submodule(spec_for(tiny).mlp_out_at(1)), "bias", None)
+    if bias is not None:  # gpt2's projection has one (zero when initialised): the values include it
+        with torch.no_grad():
+            bias.normal_()
     rome = ed.compute(FACTS[0], "rome", 1, PRESERVE).delta
     ed.stack.apply(rome)
     other = ed.compute(FACTS[1], "rome", 1, PRESERVE).delta
@@ -175,6 +180,35 @@ def test_a_batch_writes_every_fact_in_one_delta_and_reverts_as_one(tiny, tokeniz
     ed.stack.revert(batch.id)
     ed.stack.revert(first.id)
     assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
+
+
+def test_two_facts_under_one_key_are_refused_not_blown_up(tiny, tokenizer, tmp_path):
+    """One update cannot write two values at one key: the solve names the pair instead of
+    writing a Δ thousands of times a single write's size."""
+    key = torch.randn(1, 32)
+    with pytest.raises(KeysTooClose):
+        solve_write(PreservedKeys(None), torch.cat([key, key * 1.001]), torch.randn(2, 8))
+    ed = make_editor(tiny, tokenizer, tmp_path)
+    before = state(tiny)
+    with pytest.raises(KeysTooClose, match="Eiffel Tower"):
+        ed.compute_batch([FACTS[0], FACTS[0].model_copy(update={"target_new": "Berlin"})], 1, FAST)
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
+
+
+def test_a_snapshot_restores_the_weights_bit_for_bit(tiny, tokenizer, tmp_path):
+    """A revert that rebases another edit is undone as one when logging it fails: the stack is
+    put back from memory, in its order, so the sum of the deltas is the same bit for bit."""
+    ed = make_editor(tiny, tokenizer, tmp_path)
+    first, second = (ed.compute(r, "rome", 1, FAST).delta for r in FACTS[:2])
+    ed.stack.apply(first)
+    ed.stack.apply(second)
+    edited, saved = state(tiny), ed.stack.snapshot()
+    ed.stack.revert(first.id)
+    ed.stack.replace(second.id, ed.rebased(second, without=first))
+    ed.stack.restore(saved)
+    assert [d.id for d in ed.stack.applied] == [first.id, second.id]
+    assert all(torch.equal(v, edited[k]) for k, v in tiny.state_dict().items())
+    ed.stack.revert_all()
 
 
 def test_the_gpu_benchmark_runs_its_code_on_a_tiny_model(smollm2, capsys):
@@ -230,3 +264,12 @@ def test_a_spread_edit_writes_its_share_at_every_layer_and_reaches_v_star(tiny, 
     assert torch.equal(history, delta.pieces()[1].keys)
     ed.stack.revert(delta.id)
     assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
+
+
+def test_a_corrections_file_reports_real_line_numbers_and_refuses_unreadable_csv():
+    from editing.facts import read_facts
+
+    rows = read_facts('subject,prompt,target_new\n\nEiffel Tower,"The Eiffel Tower is\nin",Rome\nX,Y,Z\n', "f.csv")
+    assert [r.line for r in rows] == [4, 5] and rows[1].error  # a blank line and a quoted line break counted
+    with pytest.raises(ValueError, match="not a readable CSV file"):
+        read_facts("subject,prompt,target_new\n" + "a," + '"' + "x" * 200_000 + '",b\n', "f.csv")

@@ -95,6 +95,18 @@ def test_a_re_edit_supersedes_and_either_revert_leaves_a_consistent_model(assist
     restarted.service.close()
 
 
+def test_the_newest_of_three_edits_of_a_fact_stays_when_the_first_is_reverted(assistant, smollm2):
+    """Rome → Berlin → London, then the Rome edit reverted: the newest edit is the one rebased, so
+    the model still says London (not Berlin)."""
+    rome = apply(assistant, eiffel("Rome"))
+    apply(assistant, eiffel("Berlin"))
+    london = apply(assistant, eiffel("London"))
+    assert london.supersedes == [rome.edit.id, london.edit.id - 1] and answer(smollm2).startswith("London")
+    assistant.revert_edit("s", rome.edit.id, PASSWORD)
+    assert answer(smollm2).startswith("London")
+    assistant.service.stack.revert_all()
+
+
 def test_revert_instead_of_applying(assistant, smollm2):
     original = checksum(smollm2.model)
     rome = apply(assistant, eiffel("Rome"))

@@ -47,6 +47,9 @@ from dataclasses import dataclass
 
 import torch
 
+from editing.errors import KeysTooClose
+
+MAX_KEY_COSINE = 0.99  # two keys closer than this are one key to the solve
 
 @dataclass
 class PreservedKeys:
@@ -87,16 +90,22 @@ def solve_write(preserved: PreservedKeys, keys: torch.Tensor, residuals: torch.T
     """Factors of Δ = U Vᵀ = R (KᵀA⁻¹K)⁻¹ (A⁻¹K)ᵀ, so that Δ k_i = r_i for every written key.
 
     ``keys`` (n, d_in) are the k* of the facts written, ``residuals`` (n, d_out) their v* − W k*.
-    Returns U (n, d_out) and V (n, d_in) in float32 (row i: the i-th rank-one piece, u_i v_iᵀ).
-    Two keys that are (nearly) the same with different values cannot both be written exactly:
-    a tiny relative jitter on KᵀA⁻¹K then gives their least-squares compromise.
+    Returns U (n, d_out) and V (n, d_in) in float32 (row i: the i-th rank-one piece, u_i v_iᵀ,
+    so ΔW = Uᵀ V).  Two keys that are (nearly) the same with different values cannot both be
+    written: the solve would blow up (‖Δ‖ thousands of times a single write at cosine 0.999),
+    so ``KeysTooClose`` names the pair (by index) where the cosine in A⁻¹'s metric exceeds
+    ``MAX_KEY_COSINE``.
     """
-    device = keys.device
     k = keys.to(torch.float64)  # (n, d_in)
     a = preserved.matrix(k)  # (d_in, d_in)
     a_inv_k = torch.linalg.solve(a, k.T)  # (d_in, n) = A⁻¹K
     gram = k @ a_inv_k  # (n, n) = KᵀA⁻¹K
     if len(k) > 1:
-        gram = gram + 1e-9 * gram.diagonal().mean() * torch.eye(len(k), dtype=gram.dtype, device=device)
+        scale = gram.diagonal().sqrt()
+        cosine = (gram / scale[:, None] / scale[None, :]).fill_diagonal_(0)
+        worst = int(cosine.abs().argmax())
+        i, j = divmod(worst, len(k))
+        if abs(float(cosine[i, j])) > MAX_KEY_COSINE:
+            raise KeysTooClose(str(i), str(j), float(cosine[i, j]))
     u = torch.linalg.solve(gram, residuals.to(torch.float64))  # (n, d_out) = (KᵀA⁻¹K)⁻¹ R
     return u.float(), a_inv_k.T.float()

@@ -51,6 +51,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.delta import WeightDelta
+from editing.errors import KeysTooClose
 from editing.hparams import ROMEHyperParams
 from editing.machinery.forward import PassChecks
 from editing.machinery.hooks import Hooks, Trace, hook_input, hook_output
@@ -196,8 +197,8 @@ def compute_rome_delta(
     """Compute ROME's rank-one delta for ``request`` at ``layer``; the model is left unchanged.
 
     ``templates`` are the context templates (``"{}"`` first, then sampled prefixes);
-    ``covariance`` is C = E[k kᵀ] at this layer, or None for C = I; ``prefix_cache`` keeps
-    the prompts' prefix keys/values for the next edit (``editing.machinery.suffix.PrefixCache``);
+    ``covariance`` is C = E[k kᵀ] at this layer, or None for C = ī I (ī: the keys' mean square
+    coordinate); ``prefix_cache`` keeps the prompts' prefix keys/values for the next edit (``editing.machinery.suffix.PrefixCache``);
     ``checks`` remembers which shortcuts this model's passes allow (``editing.machinery.forward.PassChecks``);
     ``history`` (n, d_in) are the keys earlier applied edits at this layer wrote and
     ``same_subject_prompts`` texts about the subject's other relations, ``other_subject_prompts``
@@ -294,7 +295,10 @@ def compute_rome_batch(
                               other_subjects=_other_keys(model, tokenizer, spec, layer, hparams,
                                                          list(other_subject_prompts)),
                               other_subjects_weight=hparams.other_subjects_weight, ridge=hparams.ridge)
-    u, v = solve_write(preserved, keys, torch.stack([f.delta for f in found]))  # (n, d_out), (n, d_in)
+    try:
+        u, v = solve_write(preserved, keys, torch.stack([f.delta for f in found]))  # (n, d_out), (n, d_in)
+    except KeysTooClose as exc:  # name the facts, not their indices
+        raise KeysTooClose(requests[int(exc.first)].text, requests[int(exc.second)].text, exc.cosine) from None
     delta = WeightDelta(
         param=f"{spec.mlp_out_at(layer)}.weight",
         kind="low_rank",
