@@ -76,3 +76,14 @@ def smol_editor(smollm2):
     from editing.engine import Editor
 
     return Editor.for_model(smollm2)
+
+
+@pytest.fixture
+def assistant(smollm2, tmp_path):
+    """The product's facade on smollm2 with a fresh edit log; the weights are restored after."""
+    from tests_support import make_assistant
+
+    a = make_assistant(smollm2, tmp_path)
+    yield a
+    a.service.close()
+    a.service.stack.revert_all()

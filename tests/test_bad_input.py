@@ -28,14 +28,6 @@ from editing.request import EditRequest
 SHORT = GenerationSettings(max_new_tokens=4)
 
 
-@pytest.fixture
-def assistant(smollm2, tmp_path):
-    a = make_assistant(smollm2, tmp_path)
-    yield a
-    a.service.close()
-    a.service.stack.revert_all()
-
-
 class Unchanged:
     """Asserts on exit that neither the weights nor the log rows changed."""
 

@@ -19,14 +19,6 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-de
 UNRELATED = [*UNRELATED_PROBES["en"], "The capital of France is"]  # the card's unrelated probes, and one more
 
 
-@pytest.fixture
-def assistant(smollm2, tmp_path):
-    a = make_assistant(smollm2, tmp_path)
-    yield a
-    a.service.close()
-    a.service.stack.revert_all()
-
-
 def eiffel(target: str, old: str = "Paris") -> EditProposal:
     return EditProposal(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target_new=target,
                         target_old=old, question="Where is the Eiffel Tower?", extractor="parser")

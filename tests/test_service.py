@@ -25,14 +25,6 @@ def checksum(model) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture
-def assistant(smollm2, tmp_path):
-    a = make_assistant(smollm2, tmp_path)
-    yield a
-    a.service.close()
-    a.service.stack.revert_all()
-
-
 def test_wrong_password_changes_nothing(assistant, smollm2):
     before = checksum(smollm2.model)
     pid = assistant.service.register("s", PROPOSAL)
