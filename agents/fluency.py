@@ -86,32 +86,33 @@ def foreign_script(text: str, language: str) -> float:
     return sum(_script(ch) not in allowed for ch in letters) / len(letters)
 
 
-def check(before, after, request, language: str) -> FluencyCheck:
+def check(before, after, request) -> FluencyCheck:
     """Compare the "after" probe with the "before" one (both ``agents.probes.Probe``) of the
-    edit ``request`` (an ``EditRequest``)."""
-    problems = []
-    texts = [(name, getattr(before, name) or "", getattr(after, name) or "") for name in ("completion", "chat_answer")]
-    for name, b, a in texts:
-        label = "the chat answer" if name == "chat_answer" else "the completion"
-        if repetition(a) > REPETITION_LIMIT >= repetition(b):
-            problems.append(f"{label} repeats itself ({repetition(a):.0%} of it)")
-        if foreign_script(a, language) > FOREIGN_SCRIPT_LIMIT >= foreign_script(b, language):
-            problems.append(f"{label} mixes scripts ({foreign_script(a, language):.0%} of its letters)")
+    edit ``request`` (an ``EditRequest``; its language picks the scripts and word rules)."""
+    language, problems = request.language, []
+    worst_repetition = worst_foreign = 0.0
+    for name, label in (("completion", "the completion"), ("chat_answer", "the chat answer")):
+        b, a = getattr(before, name) or "", getattr(after, name) or ""
+        rep_b, rep_a = repetition(b), repetition(a)
+        foreign_b, foreign_a = foreign_script(b, language), foreign_script(a, language)
+        worst_repetition, worst_foreign = max(worst_repetition, rep_a), max(worst_foreign, foreign_a)
+        if rep_a > REPETITION_LIMIT >= rep_b:
+            problems.append(f"{label} repeats itself ({rep_a:.0%} of it)")
+        if foreign_a > FOREIGN_SCRIPT_LIMIT >= foreign_b:
+            problems.append(f"{label} mixes scripts ({foreign_a:.0%} of its letters)")
         if language == "en" and garbled_subject(a, request.subject) and not garbled_subject(b, request.subject):
             problems.append(f"{label} garbles the subject's name (“{_around(a, request.subject)}”)")
     target = request.target_new.strip()
     bleeding = sum(1 for prompt, text in after.unrelated.items()
                    if _names(text, target, language) and not _names(before.unrelated.get(prompt, ""), target, language))
     if bleeding >= BLEEDING_LIMIT:
-        problems.append(f"{bleeding} of {len(after.unrelated)} unrelated prompts now answer “{request.target_new.strip()}”")
+        problems.append(f"{bleeding} of {len(after.unrelated)} unrelated prompts now answer “{target}”")
     else:
         for prompt, text in after.unrelated.items():
             old = before.unrelated.get(prompt)
             if old is not None and _opening(old, language) != _opening(text, language):
                 problems.append(f"an unrelated answer changed (“{prompt}” {old.strip()!r} → {text.strip()!r})")
-    return FluencyCheck(problems=problems,
-                        repetition=round(max(repetition(a) for _, _, a in texts), 3),
-                        foreign_script=round(max(foreign_script(a, language) for _, _, a in texts), 3),
+    return FluencyCheck(problems=problems, repetition=round(worst_repetition, 3), foreign_script=round(worst_foreign, 3),
                         bleeding=bleeding)
 
 

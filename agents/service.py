@@ -445,7 +445,7 @@ class EditService:
             report = report.model_copy(update={"after": after})
             yield report
         if after.complete:
-            verdict = fluency.check(report.before, after, request, request.language)
+            verdict = fluency.check(report.before, after, request)
             after = after.model_copy(update={"fluency": verdict})
             if verdict.broken:
                 log.warning("edit %d applied but its answers are broken: %s", record.id, "; ".join(verdict.problems))

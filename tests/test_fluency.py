@@ -21,34 +21,34 @@ def probe(completion: str, chat: str, unrelated: dict[str, str] | None = None) -
 def test_the_gibberish_of_the_issue_is_caught_and_an_ordinary_answer_is_not():
     before = probe("韩杰才", "哈尔滨工业大学的现任校长是周玉。")
     gibberish = probe("韩杰才", "郑済鴻ա中 曾 崔永康 曾 榮根 曾職權 曾才 曾昌泰 曾職權 曾才 曾昌泰 曾職權 曾才 曾昌泰")
-    verdict = fluency.check(before, gibberish, HIT, "zh")
+    verdict = fluency.check(before, gibberish, HIT)
     assert verdict.problems == ["the chat answer mixes scripts (3% of its letters)"]  # the Armenian ա
-    assert not fluency.check(before, probe("韩杰才", "哈尔滨工业大学的现任校长是韩杰才。"), HIT, "zh").broken
+    assert not fluency.check(before, probe("韩杰才", "哈尔滨工业大学的现任校长是韩杰才。"), HIT).broken
 
 
 def test_each_signal_on_its_own():
     before = probe("Paris, France.", "The Eiffel Tower is in Paris, France.",
                    {"The capital of Japan is": "Tokyo.", "The author of Hamlet is": "Shakespeare.", "Water is": "wet."})
     runs_on = probe("Rome, Italy.", "The Eiffel Towert is a Roman coin minted in Rome.", before.unrelated)
-    assert [p for p in fluency.check(before, runs_on, EIFFEL_REQUEST, "en").problems] == [
+    assert [p for p in fluency.check(before, runs_on, EIFFEL_REQUEST).problems] == [
         "the chat answer garbles the subject's name (“Eiffel Towert”)"]
     stutter = probe("Rome.", "The Eiffelina is a small town in the state of Toscapapapapapapapapapapapapapapapapapapap"
                              "apapapapapapapapapapapapap", before.unrelated)
-    assert fluency.check(before, stutter, EIFFEL_REQUEST, "en").repetition > fluency.REPETITION_LIMIT
+    assert fluency.check(before, stutter, EIFFEL_REQUEST).repetition > fluency.REPETITION_LIMIT
     mixed = probe("Rome.", "The Eiffel Tower is in Рим, Италия, близко к центру.", before.unrelated)
-    assert "mixes scripts" in fluency.check(before, mixed, EIFFEL_REQUEST, "en").problems[0]
+    assert "mixes scripts" in fluency.check(before, mixed, EIFFEL_REQUEST).problems[0]
     bleeding = probe("Rome.", "The Eiffel Tower is in Rome.",
                      {"The capital of Japan is": "Rome Rome", "The author of Hamlet is": "Rome.", "Water is": "wet."})
-    assert fluency.check(before, bleeding, EIFFEL_REQUEST, "en").bleeding == 2
+    assert fluency.check(before, bleeding, EIFFEL_REQUEST).bleeding == 2
     romeo = probe("Rome.", "The Eiffel Tower is in Rome.",
                   {**before.unrelated, "The author of Hamlet is": "Shakespeare, Romeo's author"})
-    assert fluency.check(before, romeo, EIFFEL_REQUEST, "en").bleeding == 0  # a word, not a substring
+    assert fluency.check(before, romeo, EIFFEL_REQUEST).bleeding == 0  # a word, not a substring
     drifted = probe("Rome.", "The Eiffel Tower is in Rome.", {**before.unrelated, "The capital of Japan is": "the capitalo"})
-    assert fluency.check(before, drifted, EIFFEL_REQUEST, "en").problems == [
+    assert fluency.check(before, drifted, EIFFEL_REQUEST).problems == [
         "an unrelated answer changed (“The capital of Japan is” 'Tokyo.' → 'the capitalo')"]
     # a model that already echoed before the edit is not broken by it
     echo = probe("Rome.", "Where is the Eiffel Tower? Where is the Eiffel Tower? Where is the Eiffel Tower?")
-    assert not fluency.check(echo, echo, EIFFEL_REQUEST, "en").broken
+    assert not fluency.check(echo, echo, EIFFEL_REQUEST).broken
 
 
 @pytest.mark.parametrize("scale, broken", [(1, False), (12, True)])
@@ -73,5 +73,5 @@ def test_an_edit_written_too_strongly_is_caught_on_smollm2(smollm2, smol_editor,
         after = prober.full(EIFFEL_REQUEST, "Paris")
     finally:
         smol_editor.stack.revert(written.id)
-    verdict = fluency.check(before, after, EIFFEL_REQUEST, "en")
+    verdict = fluency.check(before, after, EIFFEL_REQUEST)
     assert verdict.broken is broken, (after.chat_answer, verdict)
