@@ -309,13 +309,23 @@ class DeltaStack:
         self._applied = dict(snapshot)
         self._recompute(*sorted(names))
 
-    def written_keys(self, param: str, exclude: set[str] = frozenset()) -> torch.Tensor | None:
+    def written_keys(self, param: str, keep: Callable[[dict | None], bool] | None = None) -> torch.Tensor | None:
         """The keys (n, d_in) that the applied deltas on ``param`` write values at, in order of
-        application, leaving out the deltas in ``exclude`` (what a new edit's history is read
-        from; ``Editor._history`` also leaves out the facts the new edit supersedes)."""
-        keys = [p.keys for d in self._applied.values() if d.id not in exclude
-                for p in d.pieces() if p.param == param and p.keys is not None]
-        return torch.cat([k.float().reshape(-1, k.shape[-1]) for k in keys]) if keys else None
+        application: what a new edit's history is read from.  ``keep``, given the request a key's
+        delta recorded for it (``meta["requests"][i]`` or ``meta["request"]``), leaves out the keys
+        it refuses (``Editor._history``: the facts the new edit supersedes)."""
+        keys = []
+        for delta in self._applied.values():
+            for piece in delta.pieces():
+                if piece.param != param or piece.keys is None:
+                    continue
+                rows = piece.keys.float().reshape(-1, piece.keys.shape[-1])
+                if keep is not None:
+                    recorded = delta.meta.get("requests", [delta.meta.get("request")] * len(rows))
+                    rows = rows[[bool(keep(fact)) for fact in recorded]]
+                keys.append(rows)
+        keys = [k for k in keys if len(k)]
+        return torch.cat(keys) if keys else None
 
     def revert_all(self) -> None:
         for delta_id in list(self._applied)[::-1]:

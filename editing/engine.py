@@ -295,16 +295,8 @@ class Editor:
         """The keys earlier applied edits wrote at ``layer``, but those of edits these supersede."""
         if hparams.history_weight <= 0:
             return None
-        param = f"{self.spec.mlp_out_at(layer)}.weight"
-        kept = []
-        for delta in self.stack.applied:
-            for piece in delta.pieces():
-                if piece.param != param or piece.keys is None:
-                    continue
-                recorded = delta.meta.get("requests", [delta.meta.get("request")] * len(piece.keys))
-                kept += [key for key, fact in zip(piece.keys.float(), recorded)
-                         if not any(same_fact(fact, r) for r in requests)]
-        return torch.stack(kept) if kept else None
+        return self.stack.written_keys(f"{self.spec.mlp_out_at(layer)}.weight",
+                                       keep=lambda fact: not any(same_fact(fact, r) for r in requests))
 
     def _same_subject(self, request: EditRequest, hparams: ROMEHyperParams) -> list[str]:
         if hparams.same_subject_weight <= 0 and hparams.locality_kl_factor <= 0:
