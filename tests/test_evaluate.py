@@ -158,3 +158,23 @@ def test_shard_option_is_checked():
     for bad in ("3/3", "1", "a/b", "-1/2"):
         with pytest.raises(argparse.ArgumentTypeError):
             _shard(bad)
+
+
+def test_a_case_kn_cannot_edit_counts_unedited(tmp_path, monkeypatch):
+    """KN refuses a fact without knowledge neurons; the evaluation keeps the case, with the
+    unedited model's values, so the method's means are over every case."""
+    import editing.engine
+    from editing.errors import NoKnowledgeNeurons
+    from editing.evaluation.runner import main
+
+    def refuse(*_a, **_k):
+        raise NoKnowledgeNeurons()
+
+    monkeypatch.setattr(editing.engine, "compute_kn_delta", refuse)
+    out = tmp_path / "kn"
+    main(["--data", "counterfact", "--file", str(DATA / FILES["counterfact"]), "--method", "kn",
+          "--model", "smollm2", "--n", "2", "--no-chat", "--out", str(out)])
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["not_edited"].startswith("no knowledge neurons") for r in rows)
+    assert all(r["metrics"] == r["before"] for r in rows)
+    assert "Not edited: 2 of 2 cases" in (out / "summary.md").read_text()

@@ -32,6 +32,21 @@ def test_attribution_has_a_score_per_neuron_and_none_for_a_silenced_one(tokenize
     assert only[[0, 1, 3]].abs().sum() == 0 and torch.allclose(only[2], scores[2], atol=1e-6)
 
 
+def test_the_replayed_upper_layers_give_the_full_passes_attribution(tokenizer, monkeypatch):
+    """Each chunk of scaled layers runs only the layers from its lowest one up; where the α = 1
+    rows disagree with the clean pass the chunk is rerun in full — both must give one answer."""
+    from conftest import make_tiny
+
+    import editing.methods.kn as kn
+
+    model = make_tiny("llama", len(tokenizer))
+    target = tokenizer(" Paris", add_special_tokens=False).input_ids[0]
+    replayed = attribute(model, tokenizer, spec_for(model), REQUEST.text, target, steps=4, layers_per_pass=2)
+    monkeypatch.setattr(kn, "same_result", lambda *a: False)  # the check fails: full passes
+    full = attribute(model, tokenizer, spec_for(model), REQUEST.text, target, steps=4, layers_per_pass=2)
+    assert replayed.abs().sum() > 0 and torch.allclose(replayed, full, rtol=1e-4, atol=1e-9)
+
+
 def test_refinement_keeps_neurons_shared_by_the_prompts():
     scores = torch.zeros(4, 2, 8)
     scores[:, 0, 3] = 1.0  # every prompt: the fact's neuron

@@ -52,6 +52,7 @@ def run(args, loaded=None) -> Path:
     from tqdm import tqdm
 
     from editing.engine import Editor
+    from editing.errors import NoKnowledgeNeurons
     from editing.evaluation.data import load_cases
     from editing.evaluation.metrics import case_metrics, chat_success, probe_case
     from editing.hparams import cli_overrides, hparams_for
@@ -97,7 +98,12 @@ def run(args, loaded=None) -> Path:
         fluent = args.fluency and bool(case.generation_prompts)
         fluency_before = _fluency(model, tok, case.generation_prompts) if fluent else None
         start = time.perf_counter()
-        outcome = editor.compute(case.request, args.method, layer if layer != "auto" else "auto", hparams)
+        try:
+            outcome = editor.compute(case.request, args.method, layer if layer != "auto" else "auto", hparams)
+        except NoKnowledgeNeurons as refused:  # KN's own failure mode: the case counts, unedited
+            _write_unedited(jsonl, case, before, chat_before, fluency_before, time.perf_counter() - start,
+                            time.perf_counter() - case_start, str(refused))
+            continue
         seconds = time.perf_counter() - start
         stack.apply(outcome.delta)
         after = probe_case(model, tok, case)
@@ -218,6 +224,24 @@ def args_line(args) -> str:
     return " ".join(parts)
 
 
+def _write_unedited(jsonl: Path, case, before, chat_before, fluency_before, seconds: float, case_seconds: float,
+                    reason: str) -> None:
+    """A case the method refused to edit (KN found no knowledge neurons): its row is the unedited
+    model's, so the method's means count it as the failure it is instead of dropping it."""
+    from editing.evaluation.metrics import case_metrics
+
+    metrics = case_metrics(before, before)
+    metrics["chat_success"] = chat_before
+    if fluency_before is not None:
+        metrics["fluency"] = fluency_before
+    row = {"case_id": case.case_id, "subject": case.request.subject, "target_new": case.request.target_new,
+           "layer": None, "seconds": round(seconds, 3), "stats_seconds": 0.0, "case_seconds": round(case_seconds, 3),
+           "peak_rss_mb": round(_peak_mb()), "peak_gpu_mb": _peak_gpu_mb(), "metrics": metrics,
+           "before": dict(metrics), "final_loss": None, "not_edited": reason}
+    with jsonl.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def write_summary(out: Path, args, rows: list[dict]) -> None:
     from editing.evaluation.metrics import summarize
 
@@ -247,6 +271,11 @@ def write_summary(out: Path, args, rows: list[dict]) -> None:
         "",
         f"Peak RSS {max(r['peak_rss_mb'] for r in rows)} MB.{_gpu_peak(rows)}{_wall_time(rows)}",
     ]
+    refused = sum(1 for r in rows if r.get("not_edited"))
+    if refused:
+        reason = next(r["not_edited"] for r in rows if r.get("not_edited"))
+        lines.append(f"Not edited: {refused} of {len(rows)} cases ({reason.split(';')[0]}); "
+                     "they count in the means with the unedited model's values.")
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot(out, shown, rows, args)
     print("\n".join(lines))

@@ -159,10 +159,13 @@ class UpperStack:
         args, kwargs = self._calls[layer - self.layer]
         return args[0] if args else kwargs["hidden_states"]
 
-    def replay_from(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+    def replay_from(self, layer: int, hidden: torch.Tensor, cache: Any = None) -> torch.Tensor:
         """Run layers ``layer..L-1`` on ``hidden`` with the recorded masks and positions
-        (``layer == L`` returns ``hidden`` unchanged)."""
-        cache = self.fresh_cache() if self.fresh_cache else None
+        (``layer == L`` returns ``hidden`` unchanged).  ``cache``: the KV cache this pass starts
+        from, where it is not ``fresh_cache()`` (a batch of copies of the recorded row: the
+        recorded masks and positions broadcast over it)."""
+        if cache is None:
+            cache = self.fresh_cache() if self.fresh_cache else None
         for offset in range(layer - self.layer, len(self._calls)):
             args, kwargs = self._calls[offset]
             if cache is not None:
