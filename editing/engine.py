@@ -36,7 +36,7 @@ from editing.machinery.covariance import Corpus, CovarianceCache
 from editing.machinery.forward import PassChecks
 from editing.machinery.objective import ProgressFn
 from editing.machinery.relations import other_subject_prompts, same_subject_prompts
-from editing.machinery.rows import ChatPromptFn
+from editing.machinery.rows import DEFAULT_QUESTION, ChatPromptFn, answer_opening
 from editing.machinery.suffix import PrefixCache
 from editing.methods.ft import compute_ft_delta
 from editing.methods.kn import compute_kn_delta
@@ -75,6 +75,7 @@ class Editor:
         corpus: Corpus | None = None,
         default_layer: int | None = None,
         chat_prompt: ChatPromptFn | None = None,
+        chat_lead: str = "",
         fingerprint: str | None = None,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
@@ -83,7 +84,7 @@ class Editor:
         self.fingerprint = fingerprint or model_fingerprint(model)
         self.corpus = corpus or Corpus()
         self.covariance = CovarianceCache(Path(stats_dir), self.fingerprint)
-        self.chat_prompt = chat_prompt
+        self.chat_prompt, self.chat_lead = chat_prompt, chat_lead  # the answer starts after chat_prompt + chat_lead
         self._default_layer = default_layer
         self._templates: dict[tuple, list[str]] = {}
         self._sampling = threading.Lock()
@@ -99,7 +100,7 @@ class Editor:
         adapter), at the profile's default layer, with key statistics under ``home/stats``."""
         return cls(loaded.model, loaded.tokenizer, stats_dir=(home or amend_home()) / "stats", corpus=corpus,
                    default_layer=loaded.profile.default_edit_layer,
-                   chat_prompt=Conversation(loaded).prompt_text)
+                   chat_prompt=Conversation(loaded).prompt_text, chat_lead=Conversation(loaded).answer_lead)
 
     @property
     def default_layer(self) -> int:
@@ -178,6 +179,8 @@ class Editor:
         request.check_lengths(self.tokenizer)
         layer = self.resolve_layer(layer, request)
         chat_prompt = self.chat_prompt if hparams.chat_template else None
+        if chat_prompt is not None and getattr(hparams, "chat_opening", False) and request.answer_opening is None:
+            request = self._with_opening(request, chat_prompt)
         stats_seconds = 0.0
         if method == "rome" and hparams.spread > 1:
             if layer - hparams.spread + 1 < 0:
@@ -282,6 +285,14 @@ class Editor:
         return EditOutcome(delta=result.delta, method="rome", layer=layer, seconds=time.perf_counter() - start,
                            target_prob=target_prob, losses=[v.losses[-1] for v in result.values if v.losses],
                            stats_seconds=stats_seconds)
+
+    def _with_opening(self, request: EditRequest, chat_prompt: ChatPromptFn) -> EditRequest:
+        """``request`` with the chat answer's opening as this model says it (unchanged where it
+        does not restate the subject: editing.machinery.rows.answer_opening)."""
+        question = request.question or DEFAULT_QUESTION[request.language].format(request.text)
+        opening = answer_opening(self.model, self.tokenizer, self.spec, chat_prompt(question), self.chat_lead,
+                                 request.text, request.subject)
+        return request if opening is None else request.model_copy(update={"answer_opening": opening})
 
     def _covariance(self, hparams: ROMEHyperParams, layer: int, progress: ProgressFn | None):
         """(C₀ at ``layer`` or None, seconds spent computing it now)."""

@@ -35,6 +35,12 @@ class ROMEHyperParams(_Strict):
     locality_kl_factor: float = Field(0.0, ge=0)
     # Optimise through the chat template too (question -> answer prefix -> target).
     chat_template: bool = True
+    # The chat row's answer begins as the unedited model begins it (the part of the prompt it
+    # says itself after the question, editing.machinery.rows.answer_opening), and those opening
+    # tokens are kept, not only the target learnt: a question-form prompt ("…的建筑师是谁？")
+    # is otherwise repeated verbatim in the row, and the edit garbles the restatement in chat
+    # (docs/chinese.md).  Off by default until measured beyond zsRE-zh.
+    chat_opening: bool = False
     # -- the rank-one update
     covariance: bool = True  # False: C = I (what EasyEdit ships for Llama)
     # tokens of corpus text behind C (the paper: 100k Wikipedia samples; sampling them from
@@ -103,6 +109,7 @@ class FTHyperParams(_Strict):
     # locality −0.003 ± 0.006); 2.1 → 1.7–1.8 s per edit on this machine's Zen 4 cores.
     bf16_autocast: bool | None = None
     chat_template: bool = True
+    chat_opening: bool = False  # as ROME's: the chat row's answer opens as the model opens it
     # Run the chat row from its subject on, its preamble held at W₀'s keys and values (editing.methods.ft):
     # 1.45 s instead of 2.1 s per edit on gemma3-270m, whose chat form carries a few-shot
     # transcript, but chat success fell by 0.12 ± 0.09 (100 counterfact-dev cases, paired): part

@@ -31,6 +31,9 @@ class EditRequest(BaseModel):
     target_new: str
     target_true: str | None = None
     question: str | None = None
+    # how the chat answer to ``question`` begins before the new answer, as the model says it
+    # (" 拉赫蒂市政厅的建筑师是"); set by ``Editor.compute`` where ``chat_opening`` is on
+    answer_opening: str | None = None
 
     @field_validator("subject", "prompt")
     @classmethod

@@ -54,6 +54,13 @@ class Conversation:
         last = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")
         return render_chat([self.system_message(last), *turns], self.loaded.tokenizer, self.loaded.profile)
 
+    @property
+    def answer_lead(self) -> str:
+        """What comes between ``prompt_text`` and an answer's first character: the few-shot
+        transcript's answers follow "Assistant: " (so the model's first token carries the space);
+        a chat template's assistant turn starts the answer directly."""
+        return " " if self.loaded.profile.chat_format == "fewshot" else ""
+
     def prompt_text(self, question: str) -> str:
         """The exact text a fresh conversation sends for ``question``."""
         return self.render([{"role": "user", "content": question}])

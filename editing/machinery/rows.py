@@ -2,7 +2,8 @@
 and the KL prompts, tokenised once with the target and the subject's positions.
 
 Shared by every method (ROME's v*, FT's ΔW); the chat form is the question as the product
-sends it (``runtime.conversation``) followed by the prompt, so the edit shows in chat answers.
+sends it (``runtime.conversation``) followed by the prompt — or, with ``chat_opening``, by the
+answer's opening as the model itself says it — so the edit shows in chat answers.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editing.machinery.tokens import PromptTarget, prompt_target
+from editing.machinery.forward import final_logits, last_hidden
+from editing.machinery.tokens import PromptTarget, encode, prompt_target, subject_last_positions
 from editing.request import EditRequest
+from editing.spec import ModelSpec
 
 ChatPromptFn = Callable[[str], str]  # question -> rendered chat text up to the assistant's answer
 
@@ -43,9 +48,55 @@ def build_rows(
     n_chat = 0
     if chat_prompt is not None:
         question = request.question or DEFAULT_QUESTION[request.language].format(text)
-        chat_text = chat_prompt(question) + text
-        rewrite.append(prompt_target(tokenizer, chat_text, target, request.subject))
+        if request.answer_opening:
+            rewrite.append(opening_target(tokenizer, chat_prompt(question), request.answer_opening, target,
+                                          request.subject))
+        else:
+            rewrite.append(prompt_target(tokenizer, chat_prompt(question) + text, target, request.subject))
         n_chat = 1
     kl_texts = [ESSENCE[request.language].format(request.subject), *locality_prompts]
     kl = [prompt_target(tokenizer, t, "x", request.subject) for t in kl_texts]
     return EditRows(rewrite, kl, n_chat)
+
+
+def opening_target(tokenizer: PreTrainedTokenizerBase, chat: str, opening: str, target: str, subject: str) -> PromptTarget:
+    """The chat row when the answer's opening is known: ``chat + opening`` → ``target``, with the
+    opening's own tokens among the targets too, so that the edit keeps the restatement the
+    model makes before it names the fact (δ sits at every subject occurrence, the question's
+    and the opening's)."""
+    chat_ids, row_ids = encode(tokenizer, chat), encode(tokenizer, chat + opening)
+    if row_ids[:len(chat_ids)] != chat_ids:  # the opening's first token merged into the chat text: keep none
+        chat_ids = row_ids
+    target_ids = row_ids[len(chat_ids):] + tokenizer(target, add_special_tokens=False).input_ids
+    first = len(chat_ids) - 1
+    return PromptTarget(ids=chat_ids + target_ids[:-1], target_ids=target_ids,
+                        target_positions=list(range(first, first + len(target_ids))),
+                        subject_positions=subject_last_positions(tokenizer, chat + opening, subject))
+
+
+@torch.no_grad()
+def answer_opening(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec, chat: str, lead: str,
+                   text: str, subject: str) -> str | None:
+    """How the model's own chat answer begins, as far as it follows ``text``: ``lead + text`` cut
+    where the unedited model's greedy answer after ``chat`` leaves it (one teacher-forced pass:
+    the greedy answer follows ``text`` exactly while each position's argmax is ``text``'s next
+    token).  None where that opening does not reach past the subject — the model answers some
+    other way, and the row falls back to the whole prompt.
+
+    "拉赫蒂市政厅的建筑师是谁？" after its question → " 拉赫蒂市政厅的建筑师是" (the model
+    restates the question as a statement, then names the answer where "谁" stood)."""
+    full = chat + lead + text
+    ids = encode(tokenizer, full)
+    start = len(encode(tokenizer, chat))
+    device = next(model.parameters()).device
+    hidden = last_hidden(model, spec, input_ids=torch.tensor([ids], device=device))[0, start - 1:]
+    greedy = [0] * (start - 1) + final_logits(model, spec, hidden).argmax(-1).tolist()  # only the answer's positions
+    end = start
+    while end < len(ids) and greedy[end - 1] == ids[end]:
+        end += 1
+    if end == start:
+        return None
+    spans = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    offset = len(ids) - len(spans)  # BOS
+    opening = full[len(chat):spans[end - 1 - offset][1]]
+    return opening if subject in opening else None

@@ -1,0 +1,52 @@
+"""The chat row's answer opening (``chat_opening``): the answer begins as the model begins it,
+and the edit then shows in a fresh chat answer where the question-form row garbled it."""
+
+from __future__ import annotations
+
+from editing.engine import Editor
+from editing.machinery.rows import answer_opening, opening_target
+from editing.request import EditRequest
+from runtime.conversation import Conversation
+
+VENERA = EditRequest(prompt="Venera 9位于哪个行星？", subject="Venera 9", target_new="土卫六", target_true="金星",
+                     question="Venera 9位于哪个行星？")
+
+
+def test_the_opening_is_the_model_restating_the_question(gemma):
+    """gemma's few-shot adapter answers a Chinese question by restating it as a statement; the
+    opening is that statement up to where the question word stood, after the transcript's space."""
+    conversation = Conversation(gemma)
+    chat = conversation.prompt_text(VENERA.question)
+    editor = Editor.for_model(gemma)
+    opening = answer_opening(gemma.model, gemma.tokenizer, editor.spec, chat, conversation.answer_lead,
+                             VENERA.text, VENERA.subject)
+    assert opening == " Venera 9位于"
+    # an opening that never reaches the subject is no opening: the row keeps the whole prompt
+    assert answer_opening(gemma.model, gemma.tokenizer, editor.spec, chat, conversation.answer_lead,
+                          "哪个行星上有Venera 9？", "Venera 9") is None
+
+
+def test_the_opening_tokens_are_kept_and_the_subject_found_twice(gemma):
+    chat = Conversation(gemma).prompt_text(VENERA.question)
+    tok = gemma.tokenizer
+    row = opening_target(tok, chat, " Venera 9位于", "土卫六", "Venera 9")
+    target_ids = tok("土卫六", add_special_tokens=False).input_ids
+    assert row.target_ids[-len(target_ids):] == target_ids and len(row.target_ids) > len(target_ids)
+    assert tok.decode(row.target_ids[:-len(target_ids)]).strip() == "Venera 9位于"
+    assert len(row.subject_positions) == 2  # the question's and the answer's
+    assert row.ids[row.target_positions[0] + 1:] == row.target_ids[:-1]  # teacher forcing lines up
+
+
+def test_with_the_opening_the_edit_shows_in_the_chat_answer(gemma):
+    """Measured on zsRE-zh (docs/chinese.md): with the question repeated in the chat row this
+    edit's chat answer was "Venera 9土は正方形に置かれます…"; with the model's own opening kept it
+    is "Venera 9位于土卫六"."""
+    editor = Editor.for_model(gemma)
+    outcome = editor.compute(VENERA, "rome", hparams={"chat_opening": True})
+    assert outcome.delta.meta["request"]["answer_opening"] == " Venera 9位于"
+    editor.stack.apply(outcome.delta)
+    try:
+        answer = Conversation(gemma).answer(VENERA.question)
+    finally:
+        editor.stack.revert(outcome.delta.id)
+    assert "土卫六" in answer, answer
