@@ -5,7 +5,8 @@ per layer and cached; their time is reported apart), plus peak RSS.  Each model 
 own process.  With a CUDA GPU, ``--gpu`` times ROME on a Llama-3-8B-shaped model with random
 bf16 weights (timing depends on shapes, not values).
 
-    python -m bench.edit_speed [--n 10] [--fresh-stats]   (--fresh-stats: time statistics from scratch)
+    python -m bench.edit_speed [--n 10] [--fresh-stats] [--methods rome,ft,kn] [--models smollm2,gemma3-270m]
+                               (--fresh-stats: time statistics from scratch)
     python -m bench.edit_speed --gpu
     python -m bench.edit_speed --history   (the preserving solve's cost against the number of earlier edits)
 """
@@ -23,7 +24,7 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "coun
 KN_CASES = 3  # a KN edit takes about a minute on this CPU (its integrated gradients over every layer)
 
 
-def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
+def measure(alias: str, n: int, fresh_stats: bool = False, methods: tuple[str, ...] = ("rome", "ft", "kn")) -> dict:
     import tempfile
 
     from bench.common import peak_rss_mb
@@ -43,7 +44,7 @@ def measure(alias: str, n: int, fresh_stats: bool = False) -> dict:
     editor.templates("en", 10, (5, 10))  # sampled once per model; not part of an edit
     result = {"model": alias, "layer": editor.default_layer, "statistics_s": round(stats_s, 1),
               "statistics_cached": editor.covariance.last_from_cache}
-    for method in ("rome", "ft", "kn"):
+    for method in methods:
         times, probs, steps, parts = [], [], [], []
         for case in cases[:KN_CASES] if method == "kn" else cases:
             t0 = time.perf_counter()
@@ -126,6 +127,10 @@ def history_cost(widths: tuple[int, ...] = (1536, 2048), earlier: tuple[int, ...
     return rows
 
 
+def _methods(args: list[str]) -> tuple[str, ...]:
+    return tuple(args[args.index("--methods") + 1].split(",")) if "--methods" in args else ("rome", "ft", "kn")
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--history"]:
@@ -135,7 +140,7 @@ def main() -> None:
         print(markdown_table(rows, list(rows[0])))
         return
     if args[:1] == ["--measure"]:
-        print(json.dumps(measure(args[1], int(args[2]), "--fresh-stats" in args)))
+        print(json.dumps(measure(args[1], int(args[2]), "--fresh-stats" in args, _methods(args))))
         return
     if args[:1] == ["--gpu"]:
         print(json.dumps(gpu()))
@@ -144,7 +149,9 @@ def main() -> None:
 
     n = int(args[args.index("--n") + 1]) if "--n" in args else 10
     fresh = ["--fresh-stats"] if "--fresh-stats" in args else []
-    rows = [run_child("bench.edit_speed", "--measure", alias, str(n), *fresh) for alias in ("smollm2", "gemma3-270m")]
+    methods = ["--methods", ",".join(_methods(args))]
+    models = args[args.index("--models") + 1].split(",") if "--models" in args else ["smollm2", "gemma3-270m"]
+    rows = [run_child("bench.edit_speed", "--measure", alias, str(n), *fresh, *methods) for alias in models]
     print(markdown_table(rows, list(rows[0])))
 
 

@@ -83,8 +83,8 @@ def answer_opening(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: M
     token).  None where that opening does not reach past the subject — the model answers some
     other way, and the row falls back to the whole prompt.
 
-    "拉赫蒂市政厅的建筑师是谁？" after its question → " 拉赫蒂市政厅的建筑师是" (the model
-    restates the question as a statement, then names the answer where "谁" stood)."""
+    "Venera 9位于哪个行星？" after its question → " Venera 9位于" (gemma's few-shot adapter
+    restates the question as a statement and names the answer where "哪个行星" stood)."""
     full = chat + lead + text
     ids = encode(tokenizer, full)
     start = len(encode(tokenizer, chat))
