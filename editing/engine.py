@@ -98,9 +98,10 @@ class Editor:
         the evaluation, every benchmark and the tests: edits are optimised through the chat
         prompt the product sends (``runtime.conversation``: system prompt, template or few-shot
         adapter), at the profile's default layer, with key statistics under ``home/stats``."""
+        conversation = Conversation(loaded)
         return cls(loaded.model, loaded.tokenizer, stats_dir=(home or amend_home()) / "stats", corpus=corpus,
                    default_layer=loaded.profile.default_edit_layer,
-                   chat_prompt=Conversation(loaded).prompt_text, chat_lead=Conversation(loaded).answer_lead)
+                   chat_prompt=conversation.prompt_text, chat_lead=conversation.answer_lead)
 
     @property
     def default_layer(self) -> int:
