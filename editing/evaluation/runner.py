@@ -97,30 +97,25 @@ def run(args, loaded=None) -> Path:
         chat_before = chat_success(case, conversation) if not args.no_chat else None
         fluent = args.fluency and bool(case.generation_prompts)
         fluency_before = _fluency(model, tok, case.generation_prompts) if fluent else None
+        metrics_before = case_metrics(before, before)
+        metrics_before["chat_success"] = chat_before
+        if fluent:
+            metrics_before["fluency"] = fluency_before
         start = time.perf_counter()
         try:
             outcome = editor.compute(case.request, args.method, layer if layer != "auto" else "auto", hparams)
-        except NoKnowledgeNeurons as refused:  # KN's own failure mode: the case counts, unedited
-            _write_unedited(jsonl, case, before, chat_before, fluency_before, time.perf_counter() - start,
-                            time.perf_counter() - case_start, str(refused))
+        except NoKnowledgeNeurons as refused:  # KN's own failure mode: the case counts, unedited,
+            # so the method's means count it as the failure it is instead of dropping it
+            _append_row(jsonl, case, None, time.perf_counter() - start, case_start, metrics_before,
+                        dict(metrics_before), not_edited=str(refused))
             continue
         seconds = time.perf_counter() - start
         stack.apply(outcome.delta)
-        after = probe_case(model, tok, case)
-        metrics = case_metrics(before, after)
-        metrics_before = case_metrics(before, before)
+        metrics = case_metrics(before, probe_case(model, tok, case))
         metrics["chat_success"] = chat_success(case, conversation) if not args.no_chat else None
-        metrics_before["chat_success"] = chat_before
         if fluent:
             metrics["fluency"] = _fluency(model, tok, case.generation_prompts)
-            metrics_before["fluency"] = fluency_before
-        row = {"case_id": case.case_id, "subject": case.request.subject, "target_new": case.request.target_new,
-               "layer": outcome.layer, "seconds": round(seconds, 3), "stats_seconds": round(outcome.stats_seconds, 1),
-               "case_seconds": round(time.perf_counter() - case_start, 3),  # edit + every probe
-               "peak_rss_mb": round(_peak_mb()), "peak_gpu_mb": _peak_gpu_mb(), "metrics": metrics, "before": metrics_before,
-               "final_loss": outcome.losses[-1] if outcome.losses else None}
-        with jsonl.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        _append_row(jsonl, case, outcome, seconds, case_start, metrics_before, metrics)
         stack.revert(outcome.delta.id)  # bit-identical again: the sampled prefixes stay valid
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     write_summary(out, args, rows)
@@ -224,20 +219,18 @@ def args_line(args) -> str:
     return " ".join(parts)
 
 
-def _write_unedited(jsonl: Path, case, before, chat_before, fluency_before, seconds: float, case_seconds: float,
-                    reason: str) -> None:
-    """A case the method refused to edit (KN found no knowledge neurons): its row is the unedited
-    model's, so the method's means count it as the failure it is instead of dropping it."""
-    from editing.evaluation.metrics import case_metrics
-
-    metrics = case_metrics(before, before)
-    metrics["chat_success"] = chat_before
-    if fluency_before is not None:
-        metrics["fluency"] = fluency_before
+def _append_row(jsonl: Path, case, outcome, seconds: float, case_start: float, before: dict, after: dict,
+                not_edited: str | None = None) -> None:
+    """One case's line of ``cases.jsonl``; ``outcome`` is None where the method refused the case
+    (``not_edited`` says why) and ``after`` is then the unedited model's metrics."""
     row = {"case_id": case.case_id, "subject": case.request.subject, "target_new": case.request.target_new,
-           "layer": None, "seconds": round(seconds, 3), "stats_seconds": 0.0, "case_seconds": round(case_seconds, 3),
-           "peak_rss_mb": round(_peak_mb()), "peak_gpu_mb": _peak_gpu_mb(), "metrics": metrics,
-           "before": dict(metrics), "final_loss": None, "not_edited": reason}
+           "layer": outcome.layer if outcome else None, "seconds": round(seconds, 3),
+           "stats_seconds": round(outcome.stats_seconds, 1) if outcome else 0.0,
+           "case_seconds": round(time.perf_counter() - case_start, 3),  # edit + every probe
+           "peak_rss_mb": round(_peak_mb()), "peak_gpu_mb": _peak_gpu_mb(), "metrics": after, "before": before,
+           "final_loss": outcome.losses[-1] if outcome and outcome.losses else None}
+    if not_edited is not None:
+        row["not_edited"] = not_edited
     with jsonl.open("a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
