@@ -66,8 +66,9 @@ def measure(alias: str, n: int, fresh_stats: bool = False, methods: tuple[str, .
             result[f"{method}_refused"] = refused
         result[f"{method}_median_s"] = round(statistics.median(times), 2)
         result[f"{method}_max_s"] = round(max(times), 2)
-        if probs and method != "kn":  # KN has no optimisation steps and reports no P(new)
+        if probs and method != "kn":  # KN has no optimisation steps
             result[f"{method}_median_steps"] = statistics.median(steps)
+        if probs:  # ROME, FT: on their optimisation rows; KN: on the bare prompt, first token
             result[f"{method}_mean_target_prob"] = round(statistics.mean(probs), 3)
         for part in parts[0] if parts and parts[0] else ():  # where KN's time goes
             result[f"{method}_{part}_median_s"] = round(statistics.median(p[part] for p in parts), 2)

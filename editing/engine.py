@@ -55,7 +55,7 @@ class EditOutcome:
     method: Method
     layer: int
     seconds: float
-    target_prob: float  # mean P(target) on the optimisation prompts at the end
+    target_prob: float  # mean P(target) on the optimisation prompts at the end (KN: P(new first token), bare prompt)
     losses: list[float] = field(default_factory=list)
     stats_seconds: float = 0.0  # time spent computing key statistics (0 when cached)
 

@@ -138,6 +138,7 @@ class KNHyperParams(_Strict):
     # the fact's prompts: the bare prompt, this many prefixes sampled from the model, the chat form
     n_prefixes: int = Field(4, ge=0, le=20)
     chat_template: bool = True
+    chat_opening: bool = False  # as ROME's: the chat prompt ends where the model's own answer would name the object
     layers: tuple[int, ...] | None = None  # which layers' neurons are attributed; None: all
     layers_per_pass: int = Field(8, ge=1)  # layers whose m scaled copies run as one batch
     # neurons that stand out for the relation, not the fact, are left out (the paper's code: found in

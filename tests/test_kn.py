@@ -64,7 +64,7 @@ def test_the_delta_rewrites_only_the_chosen_value_slots_and_reverts_exactly(toke
     ed = Editor(model, tokenizer, stats_dir=tmp_path, default_layer=1)
     result = compute_kn_delta(model, tokenizer, REQUEST, FAST, spec_for(model), templates=ed.templates("en", 1, (5, 10)))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "computing writes nothing"
-    assert result.neurons
+    assert result.neurons and 0 < result.target_prob < 1
     for piece in result.delta.pieces():
         layer = int(piece.param.split(".")[2])
         changed = piece.matrix().abs().sum(0).nonzero().flatten().tolist()  # columns = neurons (d_out, d_ff)
@@ -74,6 +74,28 @@ def test_the_delta_rewrites_only_the_chosen_value_slots_and_reverts_exactly(toke
     assert not all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     stack.revert(result.delta.id)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_the_chat_prompt_ends_at_the_answers_opening_when_there_is_one(tokenizer, monkeypatch):
+    """With ``chat_opening`` the chat prompt is attributed where the model's own answer names the
+    object (after its restatement of the question), not after the question plus the prompt."""
+    from conftest import make_tiny
+
+    import editing.methods.kn as kn
+
+    model = make_tiny("llama", len(tokenizer))
+    seen = []
+    real = kn.attribute
+    monkeypatch.setattr(kn, "attribute", lambda m, t, s, prompt, *a, **k: seen.append(prompt) or real(m, t, s, prompt, *a, **k))
+    chat = lambda question: f"User: {question}\nAssistant:"  # noqa: E731
+    hparams = FAST.model_copy(update={"chat_template": True, "relation_samples": 0})
+    opened = REQUEST.model_copy(update={"question": "Where is the Eiffel Tower?",
+                                        "answer_opening": " The Eiffel Tower is in"})
+    compute_kn_delta(model, tokenizer, opened, hparams, spec_for(model), templates=["{}"], chat_prompt=chat)
+    compute_kn_delta(model, tokenizer, REQUEST.model_copy(update={"question": "Where is the Eiffel Tower?"}),
+                     hparams, spec_for(model), templates=["{}"], chat_prompt=chat)
+    assert seen == [REQUEST.text, "User: Where is the Eiffel Tower?\nAssistant: The Eiffel Tower is in",
+                    REQUEST.text, "User: Where is the Eiffel Tower?\nAssistant:" + REQUEST.text]
 
 
 def test_a_kn_edit_on_smollm2_raises_the_new_answer(smollm2, smol_editor):
@@ -86,7 +108,9 @@ def test_a_kn_edit_on_smollm2_raises_the_new_answer(smollm2, smol_editor):
     outcome = smol_editor.compute(REQUEST, "kn")
     smol_editor.stack.apply(outcome.delta)
     try:
-        assert target_probability(model, tok, REQUEST.text, "Rome") > 10 * before
+        after = target_probability(model, tok, REQUEST.text, "Rome")
+        assert after > 10 * before
+        assert abs(outcome.target_prob - after) < 1e-3  # computed without writing the model, as applied
         assert outcome.delta.meta["method"] == "kn" and outcome.layer == outcome.delta.meta["neurons"][0][0]
     finally:
         smol_editor.stack.revert_all()

@@ -211,7 +211,9 @@ def compute_kn_delta(
     prompts = [t.format(text) for t in templates]
     if chat_prompt is not None and hparams.chat_template:
         question = request.question or DEFAULT_QUESTION[request.language].format(text)
-        prompts.append(chat_prompt(question) + text)
+        # with chat_opening the answer's opening (the transcript's lead + the prompt as the model
+        # restates it) is where the object is named; otherwise the prompt follows the question
+        prompts.append(chat_prompt(question) + (request.answer_opening or text))
     new_id = tokenizer(request.target_text(), add_special_tokens=False).input_ids[0]
     with torch.no_grad():
         hidden = last_hidden(model, spec, input_ids=torch.tensor([encode(tokenizer, text)], device=device))
@@ -254,7 +256,23 @@ def compute_kn_delta(
             "seconds_by_part": {"attribution": round(attribution_s, 2), "relation": round(relation_s, 2)},
             "dtype": str(next(model.parameters()).dtype)}
     delta = WeightDelta.compound(parts, meta) if len(parts) > 1 else _with_meta(parts[0], meta)
-    return KNResult(delta=delta, neurons=neurons, scores=scores.cpu(), seconds=time.perf_counter() - start)
+    target_prob = _probability_with(model, spec, delta, encode(tokenizer, text), new_id)
+    return KNResult(delta=delta, neurons=neurons, scores=scores.cpu(), target_prob=target_prob,
+                    seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _probability_with(model: nn.Module, spec: ModelSpec, delta: WeightDelta, ids: list[int], token: int) -> float:
+    """P(``token``) after ``ids`` as the model would give it with ``delta`` applied — the rewritten
+    parameters passed to one functional forward, so the model itself is never written."""
+    from torch.func import functional_call
+
+    edited = {}
+    for piece in delta.pieces():
+        weight = model.get_parameter(piece.param)
+        edited[piece.param] = weight + piece.matrix().to(weight.device, weight.dtype)
+    logits = functional_call(model, edited, args=(), kwargs={"input_ids": torch.tensor([ids], device=weight.device)}).logits
+    return float(logits[0, -1].float().softmax(-1)[token])
 
 
 def _relation_common(model, tokenizer, spec, request: EditRequest, hparams: KNHyperParams, layers: list[int],
