@@ -21,9 +21,20 @@ def test_the_opening_is_the_model_restating_the_question(gemma):
     opening = answer_opening(gemma.model, gemma.tokenizer, editor.spec, chat, conversation.answer_lead,
                              VENERA.text, VENERA.subject)
     assert opening == " Venera 9位于"
-    # an opening that never reaches the subject is no opening: the row keeps the whole prompt
+    # an answer that does not follow the prompt at all is a direct answer: the opening is the
+    # transcript's space alone, and the row teaches the answer to start with the new fact
     assert answer_opening(gemma.model, gemma.tokenizer, editor.spec, chat, conversation.answer_lead,
-                          "哪个行星上有Venera 9？", "Venera 9") is None
+                          "哪个行星上有Venera 9？", "Venera 9") == " "
+
+
+def test_a_direct_answer_is_tokenised_as_the_model_writes_it(gemma):
+    """After "Assistant:" the answer's first token carries the space (" 白"), as the model
+    generates it; the space and the target tokenised apart would give " " + "白"."""
+    tok = gemma.tokenizer
+    chat = Conversation(gemma).prompt_text("Brem来自哪个国家？")
+    row = opening_target(tok, chat, " ", "白俄罗斯", "Brem")
+    assert tok.decode(row.target_ids) == " 白俄罗斯" and tok.decode(row.target_ids[:1]) == " 白"
+    assert tok.decode(row.ids[:row.target_positions[0] + 1]) .endswith("Assistant:")
 
 
 def test_the_opening_tokens_are_kept_and_the_subject_found_twice(gemma):

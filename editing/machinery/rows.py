@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editing.machinery.forward import final_logits, last_hidden
 from editing.machinery.tokens import PromptTarget, encode, prompt_target, subject_last_positions
-from editing.request import EditRequest
+from editing.request import EditRequest, continuation
 from editing.spec import ModelSpec
 
 ChatPromptFn = Callable[[str], str]  # question -> rendered chat text up to the assistant's answer
@@ -48,9 +48,10 @@ def build_rows(
     n_chat = 0
     if chat_prompt is not None:
         question = request.question or DEFAULT_QUESTION[request.language].format(text)
-        if request.answer_opening:
-            rewrite.append(opening_target(tokenizer, chat_prompt(question), request.answer_opening, target,
-                                          request.subject))
+        if request.answer_opening is not None:  # "" too: a chat template's direct answer
+            opening = request.answer_opening
+            rewrite.append(opening_target(tokenizer, chat_prompt(question), opening,
+                                          continuation(opening, request.target_new), request.subject))
         else:
             rewrite.append(prompt_target(tokenizer, chat_prompt(question) + text, target, request.subject))
         n_chat = 1
@@ -63,14 +64,16 @@ def opening_target(tokenizer: PreTrainedTokenizerBase, chat: str, opening: str, 
     """The chat row when the answer's opening is known: ``chat + opening`` → ``target``, with the
     opening's own tokens among the targets too, so that the edit keeps the restatement the
     model makes before it names the fact (δ sits at every subject occurrence, the question's
-    and the opening's)."""
-    chat_ids, row_ids = encode(tokenizer, chat), encode(tokenizer, chat + opening)
-    if row_ids[:len(chat_ids)] != chat_ids:  # the opening's first token merged into the chat text: keep none
-        chat_ids = row_ids
-    target_ids = row_ids[len(chat_ids):] + tokenizer(target, add_special_tokens=False).input_ids
-    first = len(chat_ids) - 1
-    return PromptTarget(ids=chat_ids + target_ids[:-1], target_ids=target_ids,
-                        target_positions=list(range(first, first + len(target_ids))),
+    and the opening's).  The answer is tokenised as one text, as the model writes it: after
+    the few-shot transcript's "Assistant:" a direct answer's first token carries the space
+    (" 白俄罗斯" → " 白", …), which the opening " " and the target tokenised apart would not."""
+    chat_ids, row_ids = encode(tokenizer, chat), encode(tokenizer, chat + opening + target)
+    split = len(chat_ids)
+    if row_ids[:split] != chat_ids:  # the answer's first token merged into the chat text: split where they agree
+        split = next(i for i, (a, b) in enumerate(zip(chat_ids, row_ids)) if a != b)
+    target_ids = row_ids[split:]
+    return PromptTarget(ids=row_ids[:-1], target_ids=target_ids,
+                        target_positions=list(range(split - 1, split - 1 + len(target_ids))),
                         subject_positions=subject_last_positions(tokenizer, chat + opening, subject))
 
 
@@ -80,11 +83,16 @@ def answer_opening(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: M
     """How the model's own chat answer begins, as far as it follows ``text``: ``lead + text`` cut
     where the unedited model's greedy answer after ``chat`` leaves it (one teacher-forced pass:
     the greedy answer follows ``text`` exactly while each position's argmax is ``text``'s next
-    token).  None where that opening does not reach past the subject — the model answers some
-    other way, and the row falls back to the whole prompt.
+    token).  Three outcomes:
 
-    "Venera 9位于哪个行星？" after its question → " Venera 9位于" (gemma's few-shot adapter
-    restates the question as a statement and names the answer where "哪个行星" stood)."""
+    - the opening reaches past the subject: the model restates the prompt, and the answer is
+      named where it leaves it ("Venera 9位于哪个行星？" after its question → " Venera 9位于":
+      gemma's few-shot adapter restates the question as a statement);
+    - the answer's first token is not the prompt's: the model answers some other way ("澳大利亚。",
+      "Microsoft的出版商。"), and the opening is ``lead`` alone — the row teaches the answer to
+      start with the new fact, the form a direct answer takes;
+    - it follows the prompt part way and leaves it before the subject ends: None, and the row
+      keeps the whole prompt."""
     full = chat + lead + text
     ids = encode(tokenizer, full)
     start = len(encode(tokenizer, chat))
@@ -94,9 +102,11 @@ def answer_opening(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: M
     end = start
     while end < len(ids) and greedy[end - 1] == ids[end]:
         end += 1
-    if end == start:
-        return None
-    spans = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
-    offset = len(ids) - len(spans)  # BOS
-    opening = full[len(chat):spans[end - 1 - offset][1]]
-    return opening if subject in opening else None
+    followed = ""
+    if end > start:
+        spans = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+        offset = len(ids) - len(spans)  # BOS
+        followed = full[len(chat):spans[end - 1 - offset][1]]
+    if not followed.strip():  # nothing of the prompt beyond the lead's space: a direct answer
+        return lead
+    return followed if subject in followed else None

@@ -213,7 +213,7 @@ def compute_kn_delta(
         question = request.question or DEFAULT_QUESTION[request.language].format(text)
         # with chat_opening the answer's opening (the transcript's lead + the prompt as the model
         # restates it) is where the object is named; otherwise the prompt follows the question
-        prompts.append(chat_prompt(question) + (request.answer_opening or text))
+        prompts.append(chat_prompt(question) + (text if request.answer_opening is None else request.answer_opening.rstrip()))
     new_id = tokenizer(request.target_text(), add_special_tokens=False).input_ids[0]
     with torch.no_grad():
         hidden = last_hidden(model, spec, input_ids=torch.tensor([encode(tokenizer, text)], device=device))

@@ -138,6 +138,11 @@ def optimise_value(
         with Hooks(hook_output(module, at_edit_layer)):
             return objective()
 
+    weights = None  # the plain mean
+    if rows.n_chat_rows and hparams.chat_row_weight != 1.0:  # the chat rows come last (build_rows)
+        weights = torch.ones(len(rows.rewrite), device=objective.device)
+        weights[-rows.n_chat_rows:] = hparams.chat_row_weight
+        weights = weights / weights.sum()
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     losses: list[float] = []
     target_prob = 0.0
@@ -152,7 +157,7 @@ def optimise_value(
             kl_init = kl_logp.detach()
             max_norm = hparams.clamp_norm_factor * value.norm()
             first_pass = None
-        nll = -per_row.mean()
+        nll = -per_row.mean() if weights is None else -(weights * per_row).sum()
         kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)  # KL(edited ‖ original)
         kl_loss = hparams.kl_factor * kl[:1].mean()
         if hparams.locality_kl_factor > 0 and len(kl) > 1:
