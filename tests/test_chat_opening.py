@@ -25,6 +25,9 @@ def test_the_opening_is_the_model_restating_the_question(gemma):
     # transcript's space alone, and the row teaches the answer to start with the new fact
     assert answer_opening(gemma.model, gemma.tokenizer, editor.spec, chat, conversation.answer_lead,
                           "哪个行星上有Venera 9？", "Venera 9") == " "
+    # ... unless the question does not name the subject (δ would reach the answer nowhere)
+    assert answer_opening(gemma.model, gemma.tokenizer, editor.spec, conversation.prompt_text("它位于哪个行星？"),
+                          conversation.answer_lead, "哪个行星上有Venera 9？", "Venera 9") is None
 
 
 def test_a_direct_answer_is_tokenised_as_the_model_writes_it(gemma):

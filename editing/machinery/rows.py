@@ -90,7 +90,8 @@ def answer_opening(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: M
       gemma's few-shot adapter restates the question as a statement);
     - the answer's first token is not the prompt's: the model answers some other way ("澳大利亚。",
       "Microsoft的出版商。"), and the opening is ``lead`` alone — the row teaches the answer to
-      start with the new fact, the form a direct answer takes;
+      start with the new fact, the form a direct answer takes (where the question names the
+      subject: δ sits only there);
     - it follows the prompt part way and leaves it before the subject ends: None, and the row
       keeps the whole prompt."""
     full = chat + lead + text
@@ -107,6 +108,6 @@ def answer_opening(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: M
         spans = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
         offset = len(ids) - len(spans)  # BOS
         followed = full[len(chat):spans[end - 1 - offset][1]]
-    if not followed.strip():  # nothing of the prompt beyond the lead's space: a direct answer
-        return lead
+    if not followed.strip():  # nothing of the prompt beyond the lead's space: a direct answer,
+        return lead if subject in chat else None  # which δ reaches only through the question's subject
     return followed if subject in followed else None
