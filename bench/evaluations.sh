@@ -64,6 +64,9 @@ ev $SEQ --method ft --out out/seq200-smol-ft
 # 2026-12-07: KN (knowledge neurons) on the zsRE rows' cases, from commit ac4845b (two runs at once, one thread each)
 ev --data zsre --file $D/zsre-dev.json --method kn --model smollm2 --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method kn --model smollm2 --n 100
-#   still to run (about 60-100 s per case here): the same two on gemma3-270m
+#   (the same-subject run's last 56 cases from commit f98cecb, same KN code)
+#   still to run (100-180 s per case here): the same two on gemma3-270m; zsre started from f98cecb
+ev --data zsre --file $D/zsre-dev.json --method kn --model gemma3-270m --n 100
+ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method kn --model gemma3-270m --n 100
 # 2026-12-07: zsRE-zh with the chat row's answer opening kept (docs/chinese.md), from commit d377ba8
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100 --set chat_opening=true --out out/zsrezh-gemma-rome-opening
