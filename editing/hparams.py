@@ -41,7 +41,8 @@ class ROMEHyperParams(_Strict):
     # is otherwise repeated verbatim in the row, and the edit garbles the restatement in chat
     # (docs/chinese.md).  Where the model's answer does not follow the prompt at all, the row is
     # a direct answer (the transcript's lead, then the target).  zsRE-zh, 100 cases on gemma3-270m,
-    # paired (restatements only): chat 0.50 → 0.55 (+0.05 ± 0.08), the rest unchanged.
+    # paired (restatements only): chat 0.50 → 0.55 (+0.05 ± 0.08); with direct rows and
+    # chat_row_weight=4: 0.50 → 0.70 (+0.20 ± 0.09), the rest unchanged (docs/chinese.md).
     chat_opening: bool = False
     # The chat row's weight in the mean NLL of v* (the other rows weigh 1 each): with 11 prompt
     # rows beside it, the mean reaches stop_loss while the chat row, the hardest, still misses
