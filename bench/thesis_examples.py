@@ -4,7 +4,7 @@ password, then ask the six test questions in fresh conversations; revert.  Print
 table per example: each question's answer before and after the edit (the default settings, and
 each ``--set`` variant given).
 
-    python -m bench.thesis_examples [--model gemma3-270m] [--variant chat_opening=true ...]
+    python -m bench.thesis_examples [--model gemma3-270m] [--variant "chat_opening=true chat_row_weight=4" ...]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also run with this hyperparameter (one column per --variant)")
     args = parser.parse_args(argv)
     loaded = load_model(args.model, device="cpu")
-    variants = [("default", {})] + [(v, parse_overrides([v])) for v in args.variant]
+    variants = [("default", {})] + [(v, parse_overrides(v.split())) for v in args.variant]  # "k=v k2=v2": one variant
     columns: dict[str, list] = {}
     for name, hparams in variants:
         with tempfile.TemporaryDirectory() as home:
