@@ -73,4 +73,4 @@ ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m -
 # 2026-12-07: direct-answer rows and the chat row weighted (docs/chinese.md), from commit 19f40bc
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100 --set chat_opening=true --set chat_row_weight=4 --out out/zsrezh-gemma-rome-direct-w4
 ev --data counterfact --file $D/counterfact-dev.json --method rome --model gemma3-270m --n 100 --set chat_opening=true --set chat_row_weight=4 --out out/cf-gemma-rome-direct-w4
-ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100 --set chat_opening=true --set chat_row_weight=4 --out out/cf-smollm2-rome-direct-w4   # unfinished
+ev --data counterfact --file $D/counterfact-dev.json --method rome --model smollm2 --n 100 --set chat_opening=true --set chat_row_weight=4 --out out/cf-smollm2-rome-direct-w4
