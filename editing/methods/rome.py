@@ -167,7 +167,7 @@ def optimise_value(
         losses.append(loss.item())
         target_prob = per_row.detach().exp().mean().item()
         report("optimising", step + 1, hparams.v_steps, losses[-1])
-        if nll.item() < hparams.stop_loss:
+        if (nll if weights is None or not hparams.stop_on_plain_mean else -per_row.mean()).item() < hparams.stop_loss:
             break
         loss.backward()
         optimizer.step()
