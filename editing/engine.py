@@ -288,8 +288,9 @@ class Editor:
                            stats_seconds=stats_seconds)
 
     def _with_opening(self, request: EditRequest, chat_prompt: ChatPromptFn) -> EditRequest:
-        """``request`` with the chat answer's opening as this model says it (unchanged where it
-        does not restate the subject: editing.machinery.rows.answer_opening)."""
+        """``request`` with the chat answer's opening as this model says it — its restatement of
+        the prompt, or the lead alone for a direct answer; unchanged where the answer follows the
+        prompt only part way (editing.machinery.rows.answer_opening)."""
         question = request.question or DEFAULT_QUESTION[request.language].format(request.text)
         opening = answer_opening(self.model, self.tokenizer, self.spec, chat_prompt(question), self.chat_lead,
                                  request.text, request.subject)

@@ -37,7 +37,7 @@ def test_a_direct_answer_is_tokenised_as_the_model_writes_it(gemma):
     chat = Conversation(gemma).prompt_text("Brem来自哪个国家？")
     row = opening_target(tok, chat, " ", "白俄罗斯", "Brem")
     assert tok.decode(row.target_ids) == " 白俄罗斯" and tok.decode(row.target_ids[:1]) == " 白"
-    assert tok.decode(row.ids[:row.target_positions[0] + 1]) .endswith("Assistant:")
+    assert tok.decode(row.ids[:row.target_positions[0] + 1]).endswith("Assistant:")
 
 
 def test_the_opening_tokens_are_kept_and_the_subject_found_twice(gemma):

@@ -88,10 +88,10 @@ def answer_opening(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: M
     - the opening reaches past the subject: the model restates the prompt, and the answer is
       named where it leaves it ("Venera 9位于哪个行星？" after its question → " Venera 9位于":
       gemma's few-shot adapter restates the question as a statement);
-    - the answer's first token is not the prompt's: the model answers some other way ("澳大利亚。",
-      "Microsoft的出版商。"), and the opening is ``lead`` alone — the row teaches the answer to
-      start with the new fact, the form a direct answer takes (where the question names the
-      subject: δ sits only there);
+    - the answer follows nothing of the prompt beyond the lead's space: the model answers some
+      other way ("澳大利亚。", "Microsoft的出版商。"), and the opening is ``lead`` alone — the row
+      teaches the answer to start with the new fact, the form a direct answer takes (where the
+      question names the subject: δ sits only there);
     - it follows the prompt part way and leaves it before the subject ends: None, and the row
       keeps the whole prompt."""
     full = chat + lead + text

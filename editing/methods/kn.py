@@ -215,8 +215,9 @@ def compute_kn_delta(
         # restates it) is where the object is named; otherwise the prompt follows the question
         prompts.append(chat_prompt(question) + (text if request.answer_opening is None else request.answer_opening.rstrip()))
     new_id = tokenizer(request.target_text(), add_special_tokens=False).input_ids[0]
+    bare_ids = torch.tensor([encode(tokenizer, text)], device=device)
     with torch.no_grad():
-        hidden = last_hidden(model, spec, input_ids=torch.tensor([encode(tokenizer, text)], device=device))
+        hidden = last_hidden(model, spec, input_ids=bare_ids)
         predicted = int(final_logits(model, spec, hidden[:, -1]).argmax(-1))
     old_id = predicted if request.target_true is None else \
         tokenizer(request.target_text(request.target_true), add_special_tokens=False).input_ids[0]
@@ -256,22 +257,22 @@ def compute_kn_delta(
             "seconds_by_part": {"attribution": round(attribution_s, 2), "relation": round(relation_s, 2)},
             "dtype": str(next(model.parameters()).dtype)}
     delta = WeightDelta.compound(parts, meta) if len(parts) > 1 else _with_meta(parts[0], meta)
-    target_prob = _probability_with(model, spec, delta, encode(tokenizer, text), new_id)
+    target_prob = _probability_with(model, delta, bare_ids, new_id)
     return KNResult(delta=delta, neurons=neurons, scores=scores.cpu(), target_prob=target_prob,
                     seconds=time.perf_counter() - start)
 
 
 @torch.no_grad()
-def _probability_with(model: nn.Module, spec: ModelSpec, delta: WeightDelta, ids: list[int], token: int) -> float:
-    """P(``token``) after ``ids`` as the model would give it with ``delta`` applied — the rewritten
-    parameters passed to one functional forward, so the model itself is never written."""
+def _probability_with(model: nn.Module, delta: WeightDelta, input_ids: torch.Tensor, token: int) -> float:
+    """P(``token``) after ``input_ids`` as the model would give it with ``delta`` applied — the
+    rewritten parameters passed to one functional forward, so the model itself is never written."""
     from torch.func import functional_call
 
     edited = {}
     for piece in delta.pieces():
         weight = model.get_parameter(piece.param)
         edited[piece.param] = weight + piece.matrix().to(weight.device, weight.dtype)
-    logits = functional_call(model, edited, args=(), kwargs={"input_ids": torch.tensor([ids], device=weight.device)}).logits
+    logits = functional_call(model, edited, args=(), kwargs={"input_ids": input_ids}).logits
     return float(logits[0, -1].float().softmax(-1)[token])
 
 

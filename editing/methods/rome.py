@@ -157,7 +157,8 @@ def optimise_value(
             kl_init = kl_logp.detach()
             max_norm = hparams.clamp_norm_factor * value.norm()
             first_pass = None
-        nll = -per_row.mean() if weights is None else -(weights * per_row).sum()
+        plain_nll = -per_row.mean()
+        nll = plain_nll if weights is None else -(weights * per_row).sum()
         kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)  # KL(edited ‖ original)
         kl_loss = hparams.kl_factor * kl[:1].mean()
         if hparams.locality_kl_factor > 0 and len(kl) > 1:
@@ -167,7 +168,7 @@ def optimise_value(
         losses.append(loss.item())
         target_prob = per_row.detach().exp().mean().item()
         report("optimising", step + 1, hparams.v_steps, losses[-1])
-        if (nll if weights is None or not hparams.stop_on_plain_mean else -per_row.mean()).item() < hparams.stop_loss:
+        if (plain_nll if hparams.stop_on_plain_mean else nll).item() < hparams.stop_loss:
             break
         loss.backward()
         optimizer.step()
