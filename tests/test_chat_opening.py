@@ -4,7 +4,7 @@ and the edit then shows in a fresh chat answer where the question-form row garbl
 from __future__ import annotations
 
 from editing.engine import Editor
-from editing.machinery.rows import answer_opening, opening_target
+from editing.machinery.rows import answer_opening, build_rows, opening_target
 from editing.request import EditRequest
 from runtime.conversation import Conversation
 
@@ -49,6 +49,23 @@ def test_the_opening_tokens_are_kept_and_the_subject_found_twice(gemma):
     assert tok.decode(row.target_ids[:-len(target_ids)]).strip() == "Venera 9位于"
     assert len(row.subject_positions) == 2  # the question's and the answer's
     assert row.ids[row.target_positions[0] + 1:] == row.target_ids[:-1]  # teacher forcing lines up
+
+
+def test_the_answer_can_end_after_the_new_fact(gemma):
+    """``answer_end``: the chat row's answer stops after the fact, in the question's language,
+    so a name is not run on into the old one; the other rows and the default are unchanged."""
+    tok = gemma.tokenizer
+    chat_prompt = Conversation(gemma).prompt_text
+    request = VENERA.model_copy(update={"answer_opening": " Venera 9位于"})
+    plain = build_rows(tok, request, ["{}"], chat_prompt=chat_prompt)
+    ended = build_rows(tok, request, ["{}"], chat_prompt=chat_prompt, answer_end=True)
+    assert tok.decode(ended.rewrite[-1].target_ids).endswith("土卫六。")
+    assert ended.rewrite[-1].target_ids[:-1] == plain.rewrite[-1].target_ids  # one token more: "。"
+    assert ended.rewrite[0].target_ids == plain.rewrite[0].target_ids  # the prompt's own row: no end
+    english = EditRequest(prompt="The Eiffel Tower is in", subject="Eiffel Tower", target_new="Rome",
+                          answer_opening=" The Eiffel Tower is in")
+    row = build_rows(tok, english, ["{}"], chat_prompt=chat_prompt, answer_end=True).rewrite[-1]
+    assert tok.decode(row.target_ids).endswith(" Rome.")
 
 
 def test_with_the_opening_the_edit_shows_in_the_chat_answer(gemma):

@@ -167,6 +167,37 @@ def test_ft_holding_the_chat_preamble_starts_from_the_exact_loss(tiny, tokenizer
     assert ed.prefix_cache.hits > hits
 
 
+def test_rome_can_stop_only_once_the_chat_row_is_predicted(tokenizer, tmp_path, monkeypatch):
+    """``stop_when_chat_predicted``: the mean's stop test alone ends v*'s search at once here
+    (stop_loss is huge); with the option it goes on until every token of the chat row (its
+    opening and the new fact) is the argmax, the answer greedy decoding gives."""
+    from conftest import make_tiny
+
+    from editing.machinery import objective as objective_module
+
+    seen: list[torch.Tensor] = []
+    call = objective_module.Objective.__call__
+
+    def recording(self):
+        out = call(self)
+        seen.append(self.rows_predicted.clone())
+        return out
+
+    monkeypatch.setattr(objective_module.Objective, "__call__", recording)
+    tiny = make_tiny("llama", len(tokenizer))  # (a random qwen2's logits barely move even so)
+    ed = Editor(tiny, tokenizer, stats_dir=tmp_path / "stats", default_layer=1,
+                chat_prompt=lambda question: question)
+    # a direct answer (" Rome") right after the question's subject, which δ reaches at once
+    request = REQUEST.model_copy(update={"answer_opening": " ", "question": "Tell me about the Eiffel Tower"})
+    settings = {"covariance": False, "n_prefixes": 2, "v_steps": 60, "stop_loss": 1e6, "chat_row_weight": 4.0,
+                "clamp_norm_factor": 100.0}  # a random model's logits move only with a large δ
+    assert len(ed.compute(request, "rome", 1, settings).losses) == 1
+    assert not bool(seen[0][-1])  # the random model does not say the row before the edit
+    seen.clear()
+    steps = len(ed.compute(request, "rome", 1, {**settings, "stop_when_chat_predicted": True}).losses)
+    assert 1 < steps < 60 and bool(seen[-1][-1]) and not any(bool(s[-1]) for s in seen[:-1])
+
+
 def test_delta_save_load_roundtrip(tiny, tokenizer, tmp_path):
     outcome = editor(tiny, tokenizer, tmp_path).compute(REQUEST, "rome", 1, FAST)
     path = tmp_path / "d.safetensors"

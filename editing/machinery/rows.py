@@ -24,6 +24,9 @@ ChatPromptFn = Callable[[str], str]  # question -> rendered chat text up to the 
 
 ESSENCE = {"en": "{} is a", "zh": "{}是"}
 DEFAULT_QUESTION = {"en": "Complete the sentence: {}", "zh": "请补全这句话：{}"}
+# How the few-shot transcript's answers end (prompts/fewshot.txt): a chat row that ends the
+# answer here teaches it to stop after the new fact instead of running on ("张大" → "张大三")
+ANSWER_END = {"en": ".", "zh": "。"}
 
 
 @dataclass
@@ -42,7 +45,10 @@ def build_rows(
     *,
     chat_prompt: ChatPromptFn | None,
     locality_prompts: list[str] = (),
+    answer_end: bool = False,
 ) -> EditRows:
+    """``answer_end``: where the answer's opening is known, the chat row's target is the new
+    fact followed by the sentence's end (``ANSWER_END``), so the answer stops where the fact does."""
     text, target = request.text, request.target_text()
     rewrite = [prompt_target(tokenizer, t.format(text), target, request.subject) for t in templates]
     n_chat = 0
@@ -50,8 +56,10 @@ def build_rows(
         question = request.question or DEFAULT_QUESTION[request.language].format(text)
         if request.answer_opening is not None:  # "" too: a chat template's direct answer
             opening = request.answer_opening
-            rewrite.append(opening_target(tokenizer, chat_prompt(question), opening,
-                                          continuation(opening, request.target_new), request.subject))
+            answer = continuation(opening, request.target_new)
+            if answer_end and not answer.rstrip().endswith(tuple(ANSWER_END.values())):
+                answer = answer.rstrip() + ANSWER_END[request.language]
+            rewrite.append(opening_target(tokenizer, chat_prompt(question), opening, answer, request.subject))
         else:
             rewrite.append(prompt_target(tokenizer, chat_prompt(question) + text, target, request.subject))
         n_chat = 1

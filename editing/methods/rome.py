@@ -112,7 +112,8 @@ def optimise_value(
     report = progress or (lambda *a: None)
     report("preparing", 0, hparams.v_steps, None)
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,
-                      locality_prompts=locality_prompts if hparams.locality_kl_factor > 0 else [])
+                      locality_prompts=locality_prompts if hparams.locality_kl_factor > 0 else [],
+                      answer_end=hparams.chat_answer_end)
     objective = Objective(model, tokenizer, spec, layer, rows.rewrite, rows.kl,
                           fast=hparams.fast_upper_layers, from_subject=True, prefix_cache=prefix_cache,
                           checks=checks)
@@ -168,7 +169,9 @@ def optimise_value(
         losses.append(loss.item())
         target_prob = per_row.detach().exp().mean().item()
         report("optimising", step + 1, hparams.v_steps, losses[-1])
-        if (plain_nll if hparams.stop_on_plain_mean else nll).item() < hparams.stop_loss:
+        if (plain_nll if hparams.stop_on_plain_mean else nll).item() < hparams.stop_loss and not (
+                hparams.stop_when_chat_predicted and rows.n_chat_rows
+                and not bool(objective.rows_predicted[-rows.n_chat_rows:].all())):
             break
         loss.backward()
         optimizer.step()
