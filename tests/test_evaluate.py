@@ -39,6 +39,7 @@ def test_loaders(dataset):
         assert first.same_subject and first.same_subject[0][1] == "genus"
     if dataset == "zsre-zh":
         assert first.request.language == "zh"
+        assert first.generation_prompts == [f"{first.request.subject}是", f"关于{first.request.subject}，"]
 
 
 def score(hits, argmax=None):
@@ -52,6 +53,10 @@ def test_metric_functions_on_known_cases():
     mean, half, n = summarize([1.0, 1.0, 0.0, 0.0])
     assert (mean, n) == (0.5, 4) and half == pytest.approx(1.96 * 0.57735 / 2, rel=1e-3)
     assert ngram_entropy("a a a a a a") < ngram_entropy("the cat sat on the mat by the door")
+    # Chinese: each character a word, also beside a Latin name (a space must not turn the
+    # sentence into two "words")
+    assert ngram_entropy("Venera 9位于金星，是苏联发射的探测器。") == ngram_entropy("Venera 9 位 于 金 星 ， 是 苏 联 发 射 的 探 测 器 。")
+    assert ngram_entropy("Venera 9位于金星金星金星金星") < ngram_entropy("Venera 9位于金星，是苏联发射的探测器。")
 
 
 def test_smoke_run_rome_and_ft(tmp_path):

@@ -75,14 +75,21 @@ def _counterfact(row: dict) -> EditCase:
     )
 
 
+# zsRE has no generation prompts; these open a continuation about the subject, as CounterFact's
+# do, for the fluency of what the edited model says about it (``--fluency``)
+SUBJECT_GENERATION = {"en": ("{} is", "About {},"), "zh": ("{}是", "关于{}，")}
+
+
 def _zsre(row: dict, i: int) -> EditCase:
     src = row["src"]
     portability = row.get("portability") or {}
     port = [(portability["New Question"], portability["New Answer"])] if "New Question" in portability else []
+    request = EditRequest(prompt=src, subject=row["subject"], target_new=row["alt"],
+                          target_true=_first(row.get("answers") or [None]), question=src)
     return EditCase(
         case_id=f"zsre-{i}",
-        request=EditRequest(prompt=src, subject=row["subject"], target_new=row["alt"],
-                            target_true=_first(row.get("answers") or [None]), question=src),
+        request=request,
+        generation_prompts=[t.format(request.subject) for t in SUBJECT_GENERATION[request.language]],
         paraphrases=[row["rephrase"]] if row.get("rephrase") else [],
         locality=[(row["loc"], row["loc_ans"])] if row.get("loc") else [],
         portability=port,

@@ -7,6 +7,7 @@ when the model's argmax at it equals the target token.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -27,9 +28,14 @@ def unchanged_share(before: TargetScore, after: TargetScore) -> float:
     return float(np.mean(np.equal(before.argmax, after.argmax))) if before.argmax else 1.0
 
 
+_WORDS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\s\u3400-\u9fff\uf900-\ufaff]+")
+
+
 def ngram_entropy(text: str, ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3)) -> float:
-    """ROME's generation fluency: weighted mean of n-gram entropies of the tokens of ``text``."""
-    tokens = text.split() if " " in text.strip() else list(text)
+    """ROME's generation fluency: weighted mean of n-gram entropies of the tokens of ``text``:
+    its words, and each CJK character a word of its own (Chinese has no spaces, and a Latin name
+    inside a Chinese sentence must not turn the whole sentence into one or two "words")."""
+    tokens = _WORDS.findall(text)
     values = []
     for n in ns:
         grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
