@@ -265,13 +265,16 @@ class Editor:
             raise ValueError("a batch is written at one layer with the r-ROME key (spread=1, update_rule=r-rome)")
         for request in requests:
             request.check_lengths(self.tokenizer)
+        chat_prompt = self.chat_prompt if hparams.chat_template else None
+        if chat_prompt is not None and hparams.chat_opening:  # each fact's chat row as a single edit's
+            requests = [r if r.answer_opening is not None else self._with_opening(r, chat_prompt) for r in requests]
         layer = self.resolve_layer(layer)
         covariance, stats_seconds = self._covariance(hparams, layer, progress)
         templates = {r.language: self.templates(r.language, hparams.n_prefixes, hparams.prefix_lengths)
                      for r in requests}
         result = compute_rome_batch(
             self.model, self.tokenizer, requests, hparams, self.spec, layer, templates=templates,
-            covariance=covariance, chat_prompt=self.chat_prompt if hparams.chat_template else None,
+            covariance=covariance, chat_prompt=chat_prompt,
             same_subject_prompts={r.subject: self._same_subject(r, hparams) for r in requests},
             other_subject_prompts=[p for r in requests for p in self._other_subjects(r, hparams)],
             progress=progress, prefix_cache=self.prefix_cache, checks=self.checks,

@@ -133,6 +133,9 @@ def test_an_import_of_ten_facts_lands_every_row_and_reverts_as_one(assistant, sm
     report = assistant.import_edits("s", import_file(tmp_path, cases), PASSWORD)
     assert len(report.edits) == 10 and len({e.delta_id for e in report.edits}) == 1
     assert report.landed == 10, [(e.subject, a.target_prob) for e, a in zip(report.edits, report.after)]
+    # each fact's chat row opens as the model's answer would, as a single edit's does
+    (batch,) = assistant.service.stack.applied
+    assert all(r["answer_opening"] is not None for r in batch.meta["requests"])
     for case in cases:
         assert greedy_completion(smollm2.model, smollm2.tokenizer, case.request.text, 3).strip().startswith(
             case.request.target_new.split()[0])
