@@ -79,3 +79,5 @@ ev --data counterfact --file $D/counterfact-dev.json --method rome --model smoll
 # 2026-12-07: from commit 67df131 ROME's chat row defaults are the two settings above.  zsRE-zh
 # with the fluency of what the model says about the subject ("{}是", "关于{}，"), commit 447c4ad
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100 --fluency --out out/zsrezh-gemma-rome-default447-fluency
+ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100 --fluency --set chat_opening=false --set chat_row_weight=1 --out out/zsrezh-gemma-rome-olddefault447-fluency
+#   (both paused at the end of that stop: 66 and 41 cases, the second run as --shard 0/2 only)
