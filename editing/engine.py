@@ -180,8 +180,7 @@ class Editor:
         request.check_lengths(self.tokenizer)
         layer = self.resolve_layer(layer, request)
         chat_prompt = self.chat_prompt if hparams.chat_template else None
-        if chat_prompt is not None and getattr(hparams, "chat_opening", False) and request.answer_opening is None:
-            request = self._with_opening(request, chat_prompt)
+        request = self._with_opening(request, hparams)
         stats_seconds = 0.0
         if method == "rome" and hparams.spread > 1:
             if layer - hparams.spread + 1 < 0:
@@ -265,16 +264,14 @@ class Editor:
             raise ValueError("a batch is written at one layer with the r-ROME key (spread=1, update_rule=r-rome)")
         for request in requests:
             request.check_lengths(self.tokenizer)
-        chat_prompt = self.chat_prompt if hparams.chat_template else None
-        if chat_prompt is not None and hparams.chat_opening:  # each fact's chat row as a single edit's
-            requests = [r if r.answer_opening is not None else self._with_opening(r, chat_prompt) for r in requests]
+        requests = [self._with_opening(r, hparams) for r in requests]  # each fact's chat row as a single edit's
         layer = self.resolve_layer(layer)
         covariance, stats_seconds = self._covariance(hparams, layer, progress)
         templates = {r.language: self.templates(r.language, hparams.n_prefixes, hparams.prefix_lengths)
                      for r in requests}
         result = compute_rome_batch(
             self.model, self.tokenizer, requests, hparams, self.spec, layer, templates=templates,
-            covariance=covariance, chat_prompt=chat_prompt,
+            covariance=covariance, chat_prompt=self.chat_prompt if hparams.chat_template else None,
             same_subject_prompts={r.subject: self._same_subject(r, hparams) for r in requests},
             other_subject_prompts=[p for r in requests for p in self._other_subjects(r, hparams)],
             progress=progress, prefix_cache=self.prefix_cache, checks=self.checks,
@@ -290,10 +287,14 @@ class Editor:
                            target_prob=target_prob, losses=[v.losses[-1] for v in result.values if v.losses],
                            stats_seconds=stats_seconds)
 
-    def _with_opening(self, request: EditRequest, chat_prompt: ChatPromptFn) -> EditRequest:
+    def _with_opening(self, request: EditRequest, hparams: BaseModel) -> EditRequest:
         """``request`` with the chat answer's opening as this model says it — its restatement of
         the prompt, or the lead alone for a direct answer; unchanged where the answer follows the
-        prompt only part way (editing.machinery.rows.answer_opening)."""
+        prompt only part way (editing.machinery.rows.answer_opening), where it carries an opening
+        already, and where ``hparams`` optimise no chat row or ask for no opening."""
+        chat_prompt = self.chat_prompt if hparams.chat_template else None
+        if chat_prompt is None or not getattr(hparams, "chat_opening", False) or request.answer_opening is not None:
+            return request
         question = request.question or DEFAULT_QUESTION[request.language].format(request.text)
         opening = answer_opening(self.model, self.tokenizer, self.spec, chat_prompt(question), self.chat_lead,
                                  request.text, request.subject)

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from editing.evaluation.data import EditCase
 from editing.machinery.probe import TargetScore, target_logprobs
 from runtime.conversation import Conversation
+from runtime.language import HAN_CHARS
 
 
 def token_accuracy(score: TargetScore) -> float:
@@ -28,7 +29,7 @@ def unchanged_share(before: TargetScore, after: TargetScore) -> float:
     return float(np.mean(np.equal(before.argmax, after.argmax))) if before.argmax else 1.0
 
 
-_WORDS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\s\u3400-\u9fff\uf900-\ufaff]+")
+_WORDS = re.compile(f"[{HAN_CHARS}]|[^\\s{HAN_CHARS}]+")  # a Han character, or a run of anything else but space
 
 
 def ngram_entropy(text: str, ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3)) -> float:

@@ -116,8 +116,13 @@ class Objective:
         )
         self.current: _Bucket | None = None  # the bucket being run, for the caller's hook
         self.subject_mask: torch.Tensor | None = None  # its subject positions
-        self.all_predicted = False  # after a call: every target token is the argmax (teacher forcing)
-        self.rows_predicted: torch.Tensor | None = None  # after a call: the same, row by row
+        # after a call: per rewrite row, whether its every target token is the argmax (teacher forcing)
+        self.rows_predicted: torch.Tensor | None = None
+
+    @property
+    def all_predicted(self) -> bool:
+        """After a call: every target token of every row is the argmax."""
+        return self.rows_predicted is not None and bool(self.rows_predicted.all())
 
     def at_subject(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """For ``x`` (bucket rows, seq, d), a tensor seen at the edit layer while the current
@@ -146,7 +151,6 @@ class Objective:
         token_logp = t_logp.gather(1, t_ids_all[:, None]).squeeze(1)
         per_row = torch.zeros(self.n_rewrite, device=self.device).index_add(0, torch.cat(t_global), token_logp)
         hits = (t_logp.argmax(-1) == t_ids_all).float()
-        self.all_predicted = bool(hits.all())
         per_row_hits = torch.zeros(self.n_rewrite, device=self.device).index_add(0, torch.cat(t_global), hits)
         self.rows_predicted = per_row_hits == self.counts  # (n_rewrite,) every token of the row is the argmax
         kl_logp = None

@@ -169,9 +169,9 @@ def optimise_value(
         losses.append(loss.item())
         target_prob = per_row.detach().exp().mean().item()
         report("optimising", step + 1, hparams.v_steps, losses[-1])
-        if (plain_nll if hparams.stop_on_plain_mean else nll).item() < hparams.stop_loss and not (
-                hparams.stop_when_chat_predicted and rows.n_chat_rows
-                and not bool(objective.rows_predicted[-rows.n_chat_rows:].all())):
+        chat_said = (not hparams.stop_when_chat_predicted or not rows.n_chat_rows
+                     or bool(objective.rows_predicted[-rows.n_chat_rows:].all()))
+        if (plain_nll if hparams.stop_on_plain_mean else nll).item() < hparams.stop_loss and chat_said:
             break
         loss.backward()
         optimizer.step()
