@@ -30,6 +30,10 @@ class ROMEHyperParams(_Strict):
     # KL(edited ‖ original) of the next-token distribution after the essence prompt "{} is a",
     # as the paper words it; ROME's code reads that distribution at the subject's last token instead
     kl_factor: float = Field(0.0625, ge=0)
+    # KL on what the unedited model writes after the bare subject, this many tokens of it (every
+    # position read), weighted by continuation_kl_factor (mean over its positions); 0 = off
+    continuation_kl_tokens: int = Field(0, ge=0, le=64)
+    continuation_kl_factor: float = Field(0.5, ge=0)
     stop_loss: float = Field(5e-2, ge=0)  # early stop once the mean NLL of the target is below this
     # Same-subject locality (thesis §5): KL on the subject's other relations; 0 disables.
     locality_kl_factor: float = Field(0.0, ge=0)

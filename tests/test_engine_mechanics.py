@@ -416,6 +416,30 @@ def test_packed_whole_rows_objective_matches_padded_buckets(tiny, tokenizer):
     torch.testing.assert_close(kl_a, kl_b, rtol=1e-4, atol=1e-5)
 
 
+def test_continuation_kl_row_reads_every_position_and_starts_at_zero(tiny, tokenizer):
+    """The subject-continuation KL row is read at each of its positions, in ROME's packed pass as in
+    padded buckets, and an edit with it still writes its value (KL is zero at δ = 0)."""
+    from editing.machinery.objective import Objective
+    from editing.machinery.rows import build_rows, subject_continuation
+
+    after = subject_continuation(tiny, tokenizer, REQUEST.subject, 6)
+    rows = build_rows(tokenizer, REQUEST, ["{}", "A short sentence. {}"], chat_prompt=None, after_subject=after)
+    assert rows.kl_kinds == ("essence", "continuation")
+    n_after = len(tokenizer(after, add_special_tokens=False).input_ids)
+    spec = spec_for(tiny)
+    packed, padded = (Objective(tiny, tokenizer, spec, 1, rows.rewrite, rows.kl, from_subject=True, fast=fast)
+                      for fast in (True, False))
+    assert packed.kl_row.tolist() == [0] + [1] * n_after
+    with torch.no_grad():
+        (_, kl_a), (_, kl_b) = packed(), padded()
+    assert kl_a.shape[0] == 1 + n_after
+    torch.testing.assert_close(kl_a, kl_b, rtol=1e-4, atol=1e-5)
+    with_row, without = (compute_rome_delta(tiny, tokenizer, REQUEST, ROMEHyperParams(**FAST, continuation_kl_tokens=n),
+                                            spec, 1, templates=["{}"], covariance=None) for n in (6, 0))
+    assert with_row.losses[0] == pytest.approx(without.losses[0], rel=1e-5)  # δ = 0: no KL yet
+    assert with_row.losses[1:] != without.losses[1:]  # and then the row pulls
+
+
 def test_sampling_is_seeded_exact_length_and_leaves_global_rng(tiny, tokenizer):
     from editing.machinery.context import sample_texts
 

@@ -29,7 +29,7 @@ class _Bucket:
     """Rows ``index`` run together; ``place(i, p)`` -> (row, column) of position ``p`` of row
     ``i`` in what the stack runs, a tensor of ``shape`` (rows run, columns)."""
 
-    def __init__(self, rows: list[PromptTarget], index: list[int], n_rewrite: int,
+    def __init__(self, rows: list[PromptTarget], index: list[int], n_rewrite: int, kl_slots: list[list[int]],
                  place: Callable[[int, int], tuple[int, int]], shape: tuple[int, int], device) -> None:
         self.subject_mask = torch.zeros(shape, dtype=torch.bool, device=device)
         self.rewrite_subject = torch.zeros_like(self.subject_mask)
@@ -50,11 +50,12 @@ class _Bucket:
                     t_pos.append(column)
                 t_ids += row.target_ids
                 t_global += [i] * len(row.target_ids)
-            else:
-                local, column = place(i, len(row.ids) - 1)
-                k_local.append(local)
-                k_pos.append(column)
-                k_global.append(i - n_rewrite)
+            else:  # a KL row: the distribution at each position before a target token (usually the last)
+                for p, slot in zip(row.target_positions, kl_slots[i - n_rewrite]):
+                    local, column = place(i, p)
+                    k_local.append(local)
+                    k_pos.append(column)
+                    k_global.append(slot)
 
         def tensor(x):
             return torch.tensor(x, dtype=torch.long, device=device)
@@ -86,6 +87,12 @@ class Objective:
         self.device = next(model.parameters()).device
         rows = [*rewrite, *kl]
         self.n_rewrite, self.n_kl = len(rewrite), len(kl)
+        # every KL row's positions numbered in one sequence: KL row i owns slots kl_slots[i]
+        counts = [len(r.target_positions) for r in kl]
+        firsts = [sum(counts[:i]) for i in range(len(kl))]
+        kl_slots = [list(range(f, f + c)) for f, c in zip(firsts, counts)]
+        self.kl_row = torch.tensor([i for i, c in enumerate(counts) for _ in range(c)], dtype=torch.long,
+                                   device=self.device)  # (KL positions,) the KL row of each
         pad = pad_id(tokenizer)
         # per row: run it from its first subject end on (the rest held in the KV cache)?  A list
         # gives it per rewrite row (FT's chat row: ``hold_chat_preamble``); KL rows then run whole.
@@ -96,7 +103,8 @@ class Objective:
             stack = SuffixStack(model, spec, layer, [r.ids for r in rows], starts, pad, self.device, prefix_cache,
                                 checks)
             if stack.available:
-                bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, lambda i, p: (0, stack.place(i, p)),
+                bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, kl_slots,
+                                 lambda i, p: (0, stack.place(i, p)),
                                  (1, stack.length), self.device)
                 bucket.stack = stack
                 self.buckets = [bucket]
@@ -104,7 +112,7 @@ class Objective:
             for index in length_buckets([len(r.ids) for r in rows]):
                 local = {i: n for n, i in enumerate(index)}
                 batch = pad_batch([rows[i].ids for i in index], pad, self.device)
-                bucket = _Bucket(rows, index, self.n_rewrite, lambda i, p, local=local: (local[i], p),
+                bucket = _Bucket(rows, index, self.n_rewrite, kl_slots, lambda i, p, local=local: (local[i], p),
                                  tuple(batch.input_ids.shape), self.device)
                 inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
                 bucket.stack = UpperStack(model, spec, layer, inputs, fast=fast, checks=checks)
@@ -133,7 +141,8 @@ class Objective:
         return x[b.rewrite_subject], bare
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(mean log P(target) per rewrite row (n_rewrite,), log-distributions of KL rows (n_kl, vocab))."""
+        """(mean log P(target) per rewrite row (n_rewrite,), next-token log-distributions at the KL rows'
+        positions (KL positions, vocab); ``kl_row`` says whose each is)."""
         picked, t_ids, t_global, k_global = [], [], [], []
         for b in self.buckets:
             self.current, self.subject_mask = b, b.subject_mask

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.machinery.forward import final_logits, last_hidden
+from editing.machinery.probe import greedy_completions
 from editing.machinery.tokens import PromptTarget, encode, prompt_target, subject_last_positions
 from editing.request import EditRequest, continuation
 from editing.spec import ModelSpec
@@ -34,8 +35,9 @@ class EditRows:
     """The prompts an edit is optimised on, tokenised once."""
 
     rewrite: list[PromptTarget]  # prefixed prompts (+ chat form) -> target
-    kl: list[PromptTarget]  # essence (+ same-subject) prompts; target unused, last position matters
+    kl: list[PromptTarget]  # essence (+ continuation) (+ same-subject) prompts: their target positions are read
     n_chat_rows: int = 0
+    kl_kinds: tuple[str, ...] = ()  # per KL row: "essence", "continuation" or "same_subject"
 
 
 def build_rows(
@@ -46,9 +48,12 @@ def build_rows(
     chat_prompt: ChatPromptFn | None,
     locality_prompts: list[str] = (),
     answer_end: bool = False,
+    after_subject: str | None = None,
 ) -> EditRows:
     """``answer_end``: where the answer's opening is known, the chat row's target is the new
-    fact followed by the sentence's end (``ANSWER_END``), so the answer stops where the fact does."""
+    fact followed by the sentence's end (``ANSWER_END``), so the answer stops where the fact does.
+    ``after_subject``: what the unedited model writes after the bare subject
+    (``subject_continuation``); a KL row then reads every position of it."""
     text, target = request.text, request.target_text()
     rewrite = [prompt_target(tokenizer, t.format(text), target, request.subject) for t in templates]
     n_chat = 0
@@ -63,9 +68,29 @@ def build_rows(
         else:
             rewrite.append(prompt_target(tokenizer, chat_prompt(question) + text, target, request.subject))
         n_chat = 1
-    kl_texts = [ESSENCE[request.language].format(request.subject), *locality_prompts]
-    kl = [prompt_target(tokenizer, t, "x", request.subject) for t in kl_texts]
-    return EditRows(rewrite, kl, n_chat)
+    kl = [last_position(tokenizer, ESSENCE[request.language].format(request.subject), request.subject)]
+    kinds = ["essence"]
+    if after_subject:
+        kl.append(prompt_target(tokenizer, request.subject, after_subject, request.subject))
+        kinds.append("continuation")
+    kl += [last_position(tokenizer, t, request.subject) for t in locality_prompts]
+    kinds += ["same_subject"] * len(locality_prompts)
+    return EditRows(rewrite, kl, n_chat, tuple(kinds))
+
+
+def last_position(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -> PromptTarget:
+    """A KL row read at its last position: the distribution of the token after ``text``."""
+    ids = encode(tokenizer, text)
+    return PromptTarget(ids=ids, target_ids=[], target_positions=[len(ids) - 1],
+                        subject_positions=subject_last_positions(tokenizer, text, subject))
+
+
+@torch.no_grad()
+def subject_continuation(model: nn.Module, tokenizer: PreTrainedTokenizerBase, subject: str, n_tokens: int) -> str:
+    """The unedited model's greedy continuation of the bare subject, ``n_tokens`` long: what it
+    says about the subject when nothing asks for the edited relation.  A form of its own,
+    neither a rewrite prompt nor the essence prompt nor an evaluation's generation prompt."""
+    return greedy_completions(model, tokenizer, [subject], n_tokens)[0]
 
 
 def opening_target(tokenizer: PreTrainedTokenizerBase, chat: str, opening: str, target: str, subject: str) -> PromptTarget:

@@ -57,7 +57,7 @@ from editing.machinery.forward import PassChecks
 from editing.machinery.hooks import Hooks, Trace, hook_input, hook_output
 from editing.machinery.objective import Objective, ProgressFn
 from editing.machinery.preservation import PreservedKeys, solve_write
-from editing.machinery.rows import ChatPromptFn, build_rows
+from editing.machinery.rows import ChatPromptFn, build_rows, subject_continuation
 from editing.machinery.suffix import PrefixCache
 from editing.machinery.tokens import encode, pad_batch, pad_id, subject_last_positions
 from editing.request import EditRequest
@@ -111,9 +111,11 @@ def optimise_value(
     """Steps 1 and 2 for ``request`` at ``layer``: k* and v*, the model left unchanged."""
     report = progress or (lambda *a: None)
     report("preparing", 0, hparams.v_steps, None)
+    after_subject = (subject_continuation(model, tokenizer, request.subject, hparams.continuation_kl_tokens)
+                     if hparams.continuation_kl_tokens and hparams.continuation_kl_factor > 0 else None)
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,
                       locality_prompts=locality_prompts if hparams.locality_kl_factor > 0 else [],
-                      answer_end=hparams.chat_answer_end)
+                      answer_end=hparams.chat_answer_end, after_subject=after_subject)
     objective = Objective(model, tokenizer, spec, layer, rows.rewrite, rows.kl,
                           fast=hparams.fast_upper_layers, from_subject=True, prefix_cache=prefix_cache,
                           checks=checks)
@@ -139,6 +141,12 @@ def optimise_value(
         with Hooks(hook_output(module, at_edit_layer)):
             return objective()
 
+    # each KL kind's factor, and a mask of its positions: a kind's KL is the mean over its positions
+    factors = {"essence": hparams.kl_factor, "continuation": hparams.continuation_kl_factor,
+               "same_subject": hparams.locality_kl_factor}
+    row_kind = [rows.kl_kinds[i] for i in objective.kl_row.tolist()]
+    kl_terms = [(factors[kind], torch.tensor([k == kind for k in row_kind], device=objective.device))
+                for kind in dict.fromkeys(rows.kl_kinds)]
     weights = None  # the plain mean
     if rows.n_chat_rows and hparams.chat_row_weight != 1.0:  # the chat rows come last (build_rows)
         weights = torch.ones(len(rows.rewrite), device=objective.device)
@@ -161,9 +169,7 @@ def optimise_value(
         plain_nll = -per_row.mean()
         nll = plain_nll if weights is None else -(weights * per_row).sum()
         kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)  # KL(edited ‖ original)
-        kl_loss = hparams.kl_factor * kl[:1].mean()
-        if hparams.locality_kl_factor > 0 and len(kl) > 1:
-            kl_loss = kl_loss + hparams.locality_kl_factor * kl[1:].mean()
+        kl_loss = sum(factor * kl[mask].mean() for factor, mask in kl_terms)
         decay = hparams.v_weight_decay * delta.norm() ** 2 / value.norm() ** 2
         loss = nll + kl_loss + decay
         losses.append(loss.item())
