@@ -423,6 +423,9 @@ def test_continuation_kl_row_reads_every_position_and_starts_at_zero(tiny, token
     from editing.machinery.rows import build_rows, subject_continuation
 
     after = subject_continuation(tiny, tokenizer, REQUEST.subject, 6)
+    assert build_rows(tokenizer, REQUEST, ["{}"], chat_prompt=None, after_subject=after,
+                      locality_prompts=["{} was born in".format(REQUEST.subject)]).kl_kinds == \
+        ("essence", "continuation", "same_subject")
     rows = build_rows(tokenizer, REQUEST, ["{}", "A short sentence. {}"], chat_prompt=None, after_subject=after)
     assert rows.kl_kinds == ("essence", "continuation")
     n_after = len(tokenizer(after, add_special_tokens=False).input_ids)
@@ -438,6 +441,10 @@ def test_continuation_kl_row_reads_every_position_and_starts_at_zero(tiny, token
                                             spec, 1, templates=["{}"], covariance=None) for n in (6, 0))
     assert with_row.losses[0] == pytest.approx(without.losses[0], rel=1e-5)  # δ = 0: no KL yet
     assert with_row.losses[1:] != without.losses[1:]  # and then the row pulls
+    same_subject = compute_rome_delta(tiny, tokenizer, REQUEST, ROMEHyperParams(**FAST, locality_kl_factor=1.0), spec, 1,
+                                      templates=["{}"], covariance=None, locality_prompts=["Eiffel Tower was built in"])
+    assert same_subject.losses[0] == pytest.approx(without.losses[0], rel=1e-5)
+    assert same_subject.losses[1:] != without.losses[1:]
 
 
 def test_sampling_is_seeded_exact_length_and_leaves_global_rng(tiny, tokenizer):
