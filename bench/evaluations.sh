@@ -81,3 +81,9 @@ ev --data counterfact --file $D/counterfact-dev.json --method rome --model smoll
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100 --fluency --out out/zsrezh-gemma-rome-default447-fluency
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100 --fluency --set chat_opening=false --set chat_row_weight=1 --out out/zsrezh-gemma-rome-olddefault447-fluency
 #   (both paused at the end of that stop: 66 and 41 cases, the second run as --shard 0/2 only)
+# 2026-12-07, later: a KL on the unedited model's own continuation of the bare subject (16 tokens,
+# docs/chinese.md), commit 14cb545; stopped early where the paired difference was already clear
+ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100 --fluency --set continuation_kl_tokens=16 --set continuation_kl_factor=2 --shard 1/4 --out out/zsrezh-gemma-rome-contkl2   # and --shard 3/4
+ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 34 --fluency --set continuation_kl_tokens=16 --set continuation_kl_factor=0.5 --out out/zsrezh-gemma-rome-contkl05
+# CKnowEdit with the chat row default (commit 14cb545, the defaults of 67df131), two shards
+ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100 --shard 0/2 --out out/cknowedit-gemma-rome-default   # and --shard 1/2
