@@ -33,8 +33,8 @@ class ROMEHyperParams(_Strict):
     # KL on what the unedited model writes after the bare subject, this many tokens of it (every
     # position read), weighted by continuation_kl_factor (mean over its positions); 0 = off.
     # zsRE-zh on gemma3-270m, 16 tokens, paired with the default: fluency about the subject did not
-    # move (+0.14 ± 0.42 bits at factor 2, 16 cases; −0.14 ± 0.46 at 0.5, 15 cases), and at factor 2
-    # reliability fell 0.20 (docs/chinese.md).  Off.
+    # move (+0.14 ± 0.42 bits at factor 2, 16 cases; −0.12 ± 0.35 at 0.5, 33 cases, chat +0.03 ± 0.13),
+    # and at factor 2 reliability fell 0.20 (docs/chinese.md).  Off.
     continuation_kl_tokens: int = Field(0, ge=0, le=64)
     continuation_kl_factor: float = Field(0.5, ge=0)
     stop_loss: float = Field(5e-2, ge=0)  # early stop once the mean NLL of the target is below this
