@@ -424,7 +424,7 @@ def test_continuation_kl_row_reads_every_position_and_starts_at_zero(tiny, token
 
     after = subject_continuation(tiny, tokenizer, REQUEST.subject, 6)
     assert build_rows(tokenizer, REQUEST, ["{}"], chat_prompt=None, after_subject=after,
-                      locality_prompts=["{} was born in".format(REQUEST.subject)]).kl_kinds == \
+                      locality_prompts=[f"{REQUEST.subject} was born in"]).kl_kinds == \
         ("essence", "continuation", "same_subject")
     rows = build_rows(tokenizer, REQUEST, ["{}", "A short sentence. {}"], chat_prompt=None, after_subject=after)
     assert rows.kl_kinds == ("essence", "continuation")
