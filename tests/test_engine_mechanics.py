@@ -420,9 +420,10 @@ def test_continuation_kl_row_reads_every_position_and_starts_at_zero(tiny, token
     """The subject-continuation KL row is read at each of its positions, in ROME's packed pass as in
     padded buckets, and an edit with it still writes its value (KL is zero at δ = 0)."""
     from editing.machinery.objective import Objective
-    from editing.machinery.rows import build_rows, subject_continuation
+    from editing.machinery.probe import greedy_completion
+    from editing.machinery.rows import build_rows
 
-    after = subject_continuation(tiny, tokenizer, REQUEST.subject, 6)
+    after = greedy_completion(tiny, tokenizer, REQUEST.subject, 6)
     assert build_rows(tokenizer, REQUEST, ["{}"], chat_prompt=None, after_subject=after,
                       locality_prompts=[f"{REQUEST.subject} was born in"]).kl_kinds == \
         ("essence", "continuation", "same_subject")

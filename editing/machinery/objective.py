@@ -12,6 +12,7 @@ run, in the layout that bucket runs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import accumulate
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ class _Bucket:
     """Rows ``index`` run together; ``place(i, p)`` -> (row, column) of position ``p`` of row
     ``i`` in what the stack runs, a tensor of ``shape`` (rows run, columns)."""
 
-    def __init__(self, rows: list[PromptTarget], index: list[int], n_rewrite: int, kl_slots: list[list[int]],
+    def __init__(self, rows: list[PromptTarget], index: list[int], n_rewrite: int, kl_first: list[int],
                  place: Callable[[int, int], tuple[int, int]], shape: tuple[int, int], device) -> None:
         self.subject_mask = torch.zeros(shape, dtype=torch.bool, device=device)
         self.rewrite_subject = torch.zeros_like(self.subject_mask)
@@ -51,11 +52,11 @@ class _Bucket:
                 t_ids += row.target_ids
                 t_global += [i] * len(row.target_ids)
             else:  # a KL row: the distribution at each position before a target token (usually the last)
-                for p, slot in zip(row.target_positions, kl_slots[i - n_rewrite]):
+                for j, p in enumerate(row.target_positions):
                     local, column = place(i, p)
                     k_local.append(local)
                     k_pos.append(column)
-                    k_global.append(slot)
+                    k_global.append(kl_first[i - n_rewrite] + j)
 
         def tensor(x):
             return torch.tensor(x, dtype=torch.long, device=device)
@@ -87,10 +88,9 @@ class Objective:
         self.device = next(model.parameters()).device
         rows = [*rewrite, *kl]
         self.n_rewrite, self.n_kl = len(rewrite), len(kl)
-        # every KL row's positions numbered in one sequence: KL row i owns slots kl_slots[i]
+        # every KL row's positions numbered in one sequence, KL row i's from kl_first[i] on
         counts = [len(r.target_positions) for r in kl]
-        firsts = [sum(counts[:i]) for i in range(len(kl))]
-        kl_slots = [list(range(f, f + c)) for f, c in zip(firsts, counts)]
+        kl_first = [0, *accumulate(counts)][:len(kl)]
         self.kl_row = torch.tensor([i for i, c in enumerate(counts) for _ in range(c)], dtype=torch.long,
                                    device=self.device)  # (KL positions,) the KL row of each
         pad = pad_id(tokenizer)
@@ -103,7 +103,7 @@ class Objective:
             stack = SuffixStack(model, spec, layer, [r.ids for r in rows], starts, pad, self.device, prefix_cache,
                                 checks)
             if stack.available:
-                bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, kl_slots,
+                bucket = _Bucket(rows, list(range(len(rows))), self.n_rewrite, kl_first,
                                  lambda i, p: (0, stack.place(i, p)),
                                  (1, stack.length), self.device)
                 bucket.stack = stack
@@ -112,7 +112,7 @@ class Objective:
             for index in length_buckets([len(r.ids) for r in rows]):
                 local = {i: n for n, i in enumerate(index)}
                 batch = pad_batch([rows[i].ids for i in index], pad, self.device)
-                bucket = _Bucket(rows, index, self.n_rewrite, kl_slots, lambda i, p, local=local: (local[i], p),
+                bucket = _Bucket(rows, index, self.n_rewrite, kl_first, lambda i, p, local=local: (local[i], p),
                                  tuple(batch.input_ids.shape), self.device)
                 inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
                 bucket.stack = UpperStack(model, spec, layer, inputs, fast=fast, checks=checks)

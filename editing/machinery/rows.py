@@ -16,7 +16,6 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editing.machinery.forward import final_logits, last_hidden
-from editing.machinery.probe import greedy_completions
 from editing.machinery.tokens import PromptTarget, encode, prompt_target, subject_last_positions
 from editing.request import EditRequest, continuation
 from editing.spec import ModelSpec
@@ -52,8 +51,10 @@ def build_rows(
 ) -> EditRows:
     """``answer_end``: where the answer's opening is known, the chat row's target is the new
     fact followed by the sentence's end (``ANSWER_END``), so the answer stops where the fact does.
-    ``after_subject``: what the unedited model writes after the bare subject
-    (``subject_continuation``); a KL row then reads every position of it."""
+    ``after_subject``: what the unedited model writes after the bare subject (its greedy
+    continuation: what it says about the subject when nothing asks for the edited relation, a
+    form that is neither a rewrite prompt, nor the essence prompt, nor an evaluation's generation
+    prompt); a KL row then reads every position of it."""
     text, target = request.text, request.target_text()
     rewrite = [prompt_target(tokenizer, t.format(text), target, request.subject) for t in templates]
     n_chat = 0
@@ -84,13 +85,6 @@ def last_position(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -
     return PromptTarget(ids=ids, target_ids=[], target_positions=[len(ids) - 1],
                         subject_positions=subject_last_positions(tokenizer, text, subject))
 
-
-@torch.no_grad()
-def subject_continuation(model: nn.Module, tokenizer: PreTrainedTokenizerBase, subject: str, n_tokens: int) -> str:
-    """The unedited model's greedy continuation of the bare subject, ``n_tokens`` long: what it
-    says about the subject when nothing asks for the edited relation.  A form of its own,
-    neither a rewrite prompt nor the essence prompt nor an evaluation's generation prompt."""
-    return greedy_completions(model, tokenizer, [subject], n_tokens)[0]
 
 
 def opening_target(tokenizer: PreTrainedTokenizerBase, chat: str, opening: str, target: str, subject: str) -> PromptTarget:

@@ -57,7 +57,8 @@ from editing.machinery.forward import PassChecks
 from editing.machinery.hooks import Hooks, Trace, hook_input, hook_output
 from editing.machinery.objective import Objective, ProgressFn
 from editing.machinery.preservation import PreservedKeys, solve_write
-from editing.machinery.rows import ChatPromptFn, build_rows, subject_continuation
+from editing.machinery.probe import greedy_completion
+from editing.machinery.rows import ChatPromptFn, build_rows
 from editing.machinery.suffix import PrefixCache
 from editing.machinery.tokens import encode, pad_batch, pad_id, subject_last_positions
 from editing.request import EditRequest
@@ -111,7 +112,7 @@ def optimise_value(
     """Steps 1 and 2 for ``request`` at ``layer``: k* and v*, the model left unchanged."""
     report = progress or (lambda *a: None)
     report("preparing", 0, hparams.v_steps, None)
-    after_subject = (subject_continuation(model, tokenizer, request.subject, hparams.continuation_kl_tokens)
+    after_subject = (greedy_completion(model, tokenizer, request.subject, hparams.continuation_kl_tokens)
                      if hparams.continuation_kl_tokens and hparams.continuation_kl_factor > 0 else None)
     rows = build_rows(tokenizer, request, templates, chat_prompt=chat_prompt if hparams.chat_template else None,
                       locality_prompts=locality_prompts if hparams.locality_kl_factor > 0 else [],
