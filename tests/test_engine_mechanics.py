@@ -198,6 +198,35 @@ def test_rome_can_stop_only_once_the_chat_row_is_predicted(tokenizer, tmp_path, 
     assert 1 < steps < 60 and bool(seen[-1][-1]) and not any(bool(s[-1]) for s in seen[:-1])
 
 
+def test_rome_most_probable_early_stopping(tokenizer, tmp_path, monkeypatch):
+    """``stop_when_all_predicted`` (MPES): with a stop loss never reached, v*'s search runs to the
+    step cap; with the option it ends at the first step where every row's target is the argmax."""
+    from conftest import make_tiny
+
+    from editing.machinery import objective as objective_module
+
+    seen: list[bool] = []
+    call = objective_module.Objective.__call__
+
+    def recording(self):
+        out = call(self)
+        seen.append(self.all_predicted)
+        return out
+
+    monkeypatch.setattr(objective_module.Objective, "__call__", recording)
+    tiny = make_tiny("llama", len(tokenizer))
+    ed = Editor(tiny, tokenizer, stats_dir=tmp_path / "stats", default_layer=1)
+    # the subject last, where δ lands: a random model's prediction moves at once
+    request = EditRequest(prompt="The city that holds the Eiffel Tower", subject="Eiffel Tower", target_new="Rome")
+    settings = {"covariance": False, "n_prefixes": 2, "v_steps": 40, "stop_loss": 0.0, "chat_template": False,
+                "clamp_norm_factor": 100.0}  # a random model's logits move only with a large δ
+    assert len(ed.compute(request, "rome", 1, settings).losses) == 40
+    assert not seen[0]  # the random model does not say it before the edit
+    seen.clear()
+    steps = len(ed.compute(request, "rome", 1, {**settings, "stop_when_all_predicted": True}).losses)
+    assert 1 < steps < 40 and seen[-1] and not any(seen[:-1])
+
+
 def test_delta_save_load_roundtrip(tiny, tokenizer, tmp_path):
     outcome = editor(tiny, tokenizer, tmp_path).compute(REQUEST, "rome", 1, FAST)
     path = tmp_path / "d.safetensors"

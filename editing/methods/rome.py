@@ -180,6 +180,8 @@ def optimise_value(
                      or bool(objective.rows_predicted[-rows.n_chat_rows:].all()))
         if (plain_nll if hparams.stop_on_plain_mean else nll).item() < hparams.stop_loss and chat_said:
             break
+        if hparams.stop_when_all_predicted and objective.all_predicted:
+            break
         loss.backward()
         optimizer.step()
         with torch.no_grad():
