@@ -67,7 +67,8 @@ ev $SEQ --method ft --out out/seq200-smol-ft
 ev --data zsre --file $D/zsre-dev.json --method kn --model smollm2 --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method kn --model smollm2 --n 100
 #   (the same-subject run's last 56 cases from commit f98cecb, same KN code)
-#   still to run (100-180 s per case here): the same two on gemma3-270m; zsre started from f98cecb
+#   the same two on gemma3-270m, from commit f98cecb (same KN code; 2026-12-07/08, the last 54 / 100
+#   cases three runs at once: the zsre run and the samesubject run's --shard 0/2 and 1/2)
 ev --data zsre --file $D/zsre-dev.json --method kn --model gemma3-270m --n 100
 ev --data zsre-samesubject --file $D/zsre-samesubject-dev.json --method kn --model gemma3-270m --n 100
 # 2026-12-07: zsRE-zh with the chat row's answer opening kept (docs/chinese.md), from commit d377ba8
