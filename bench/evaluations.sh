@@ -88,3 +88,6 @@ ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m -
 ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 34 --fluency --set continuation_kl_tokens=16 --set continuation_kl_factor=0.5 --out out/zsrezh-gemma-rome-contkl05
 # CKnowEdit with the chat row default (commit 14cb545, the defaults of 67df131), two shards
 ev --data cknowedit --file $D/cknowedit-zh-dev.json --method rome --model gemma3-270m --n 100 --shard 0/2 --out out/cknowedit-gemma-rome-default   # and --shard 1/2
+# 2026-12-08: most-probable early stopping (MPES, off by default), paired with the default447 run above,
+# from commit 938a906 (started, resumable; --shard 0/2 and 1/2)
+ev --data zsre-zh --file $D/zsre-zh-dev.json --method rome --model gemma3-270m --n 100 --fluency --set stop_when_all_predicted=true --out out/zsrezh-gemma-rome-mpes-fluency
