@@ -167,12 +167,9 @@ def test_ft_holding_the_chat_preamble_starts_from_the_exact_loss(tiny, tokenizer
     assert ed.prefix_cache.hits > hits
 
 
-def test_rome_can_stop_only_once_the_chat_row_is_predicted(tokenizer, tmp_path, monkeypatch):
-    """``stop_when_chat_predicted``: the mean's stop test alone ends v*'s search at once here
-    (stop_loss is huge); with the option it goes on until every token of the chat row (its
-    opening and the new fact) is the argmax, the answer greedy decoding gives."""
-    from conftest import make_tiny
-
+def _record_rows_predicted(monkeypatch) -> list[torch.Tensor]:
+    """After every call of ROME's objective from now on, its ``rows_predicted`` (one bool per
+    rewrite row: every target token is the argmax), appended to the returned list."""
     from editing.machinery import objective as objective_module
 
     seen: list[torch.Tensor] = []
@@ -184,6 +181,16 @@ def test_rome_can_stop_only_once_the_chat_row_is_predicted(tokenizer, tmp_path, 
         return out
 
     monkeypatch.setattr(objective_module.Objective, "__call__", recording)
+    return seen
+
+
+def test_rome_can_stop_only_once_the_chat_row_is_predicted(tokenizer, tmp_path, monkeypatch):
+    """``stop_when_chat_predicted``: the mean's stop test alone ends v*'s search at once here
+    (stop_loss is huge); with the option it goes on until every token of the chat row (its
+    opening and the new fact) is the argmax, the answer greedy decoding gives."""
+    from conftest import make_tiny
+
+    seen = _record_rows_predicted(monkeypatch)
     tiny = make_tiny("llama", len(tokenizer))  # (a random qwen2's logits barely move even so)
     ed = Editor(tiny, tokenizer, stats_dir=tmp_path / "stats", default_layer=1,
                 chat_prompt=lambda question: question)
@@ -203,17 +210,7 @@ def test_rome_most_probable_early_stopping(tokenizer, tmp_path, monkeypatch):
     step cap; with the option it ends at the first step where every row's target is the argmax."""
     from conftest import make_tiny
 
-    from editing.machinery import objective as objective_module
-
-    seen: list[bool] = []
-    call = objective_module.Objective.__call__
-
-    def recording(self):
-        out = call(self)
-        seen.append(self.all_predicted)
-        return out
-
-    monkeypatch.setattr(objective_module.Objective, "__call__", recording)
+    seen = _record_rows_predicted(monkeypatch)
     tiny = make_tiny("llama", len(tokenizer))
     ed = Editor(tiny, tokenizer, stats_dir=tmp_path / "stats", default_layer=1)
     # the subject last, where δ lands: a random model's prediction moves at once
@@ -221,10 +218,10 @@ def test_rome_most_probable_early_stopping(tokenizer, tmp_path, monkeypatch):
     settings = {"covariance": False, "n_prefixes": 2, "v_steps": 40, "stop_loss": 0.0, "chat_template": False,
                 "clamp_norm_factor": 100.0}  # a random model's logits move only with a large δ
     assert len(ed.compute(request, "rome", 1, settings).losses) == 40
-    assert not seen[0]  # the random model does not say it before the edit
+    assert not bool(seen[0].all())  # the random model does not say it before the edit
     seen.clear()
     steps = len(ed.compute(request, "rome", 1, {**settings, "stop_when_all_predicted": True}).losses)
-    assert 1 < steps < 40 and seen[-1] and not any(seen[:-1])
+    assert 1 < steps < 40 and bool(seen[-1].all()) and not any(bool(s.all()) for s in seen[:-1])
 
 
 def test_delta_save_load_roundtrip(tiny, tokenizer, tmp_path):

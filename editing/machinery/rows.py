@@ -86,7 +86,6 @@ def last_position(tokenizer: PreTrainedTokenizerBase, text: str, subject: str) -
                         subject_positions=subject_last_positions(tokenizer, text, subject))
 
 
-
 def opening_target(tokenizer: PreTrainedTokenizerBase, chat: str, opening: str, target: str, subject: str) -> PromptTarget:
     """The chat row when the answer's opening is known: ``chat + opening`` → ``target``, with the
     opening's own tokens among the targets too, so that the edit keeps the restatement the
